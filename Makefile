@@ -1,0 +1,56 @@
+# Kinetic Workspaces — the two commands (plus bench).
+#   make demo   install what is needed, start everything locally, print the URL
+#   make test   install what is needed, run the whole test suite
+#   make bench  benchmarks (never part of the tests)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMPS := .stamps
+PY := $(VENV)/bin/python
+# Debian packages the system needs: podman+runc (enclave runner), chromium (browser tests),
+# R + IR kernel (workspaces), openssh-server (SSH tests), zstd, debootstrap (enclave base image).
+APT_PACKAGES := podman runc chromium r-base-core r-cran-irkernel openssh-server zstd debootstrap \
+                uidmap slirp4netns fuse-overlayfs
+export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: demo test bench deps system-deps clean
+
+deps: system-deps $(STAMPS)/venv $(STAMPS)/node
+
+# apt packages are installed only when running as root and only when one is missing,
+# so a second `make` costs nothing and a non-root developer is told what to install.
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing apt packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "not root: please install these Debian packages: $$missing" >&2; \
+	  fi; \
+	fi
+
+$(STAMPS)/venv: setup.cfg pyproject.toml
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+$(STAMPS)/node: package.json
+	@mkdir -p $(STAMPS)
+	npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+demo: deps
+	$(PY) -m hub_config.demo
+
+test: deps
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc = 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
+
+bench: deps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) $(STAMPS) node_modules state

@@ -1,0 +1,1 @@
+"""WorkspaceSpawner: one workspace per Kinetic analysis."""
