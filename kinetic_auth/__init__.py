@@ -1,4 +1,2 @@
-"""Kinetic sign-in for JupyterHub: the SSO cookie, the Kinetic API client, the authenticator."""
-from .authenticator import KineticAuthenticator
-
-__all__ = ["KineticAuthenticator"]
+"""Kinetic sign-in for JupyterHub: the SSO cookie (cookie), the Kinetic API client (kinetic),
+the authenticator (authenticator), the hub pages (handlers) and a stand-in for Kinetic (standin)."""

@@ -177,7 +177,7 @@ class WhoAmI(Base):
     def get(self):
         who = self.require_researcher()
         self.finish({"uuid": who["uuid"], "first_name": who["first_name"],
-                     "last_name": who["last_name"]})
+                     "last_name": who["last_name"], "email": who.get("email", "")})
 
 
 class AnalysisList(Base):

@@ -10,12 +10,12 @@ MARIE = "6f1c2a8e-0b1d-4c3e-9a55-1a2b3c4d5e12"     # reviewer
 OLIVIA = "6f1c2a8e-0b1d-4c3e-9a55-1a2b3c4d5e21"    # operator (hub admin)
 
 RESEARCHERS = [
-    {"uuid": ADA, "first_name": "Ada", "last_name": "Lovelace", "role": "researcher"},
-    {"uuid": GRACE, "first_name": "Grace", "last_name": "Hopper", "role": "researcher"},
-    {"uuid": KATHERINE, "first_name": "Katherine", "last_name": "Johnson", "role": "researcher"},
-    {"uuid": ROSALIND, "first_name": "Rosalind", "last_name": "Franklin", "role": "reviewer"},
-    {"uuid": MARIE, "first_name": "Marie", "last_name": "Curie", "role": "reviewer"},
-    {"uuid": OLIVIA, "first_name": "Olivia", "last_name": "Operator", "role": "operator"},
+    {"uuid": ADA, "first_name": "Ada", "last_name": "Lovelace", "role": "researcher", "email": "ada.lovelace@example.org"},
+    {"uuid": GRACE, "first_name": "Grace", "last_name": "Hopper", "role": "researcher", "email": "grace.hopper@example.org"},
+    {"uuid": KATHERINE, "first_name": "Katherine", "last_name": "Johnson", "role": "researcher", "email": "katherine.johnson@example.org"},
+    {"uuid": ROSALIND, "first_name": "Rosalind", "last_name": "Franklin", "role": "reviewer", "email": "rosalind.franklin@example.org"},
+    {"uuid": MARIE, "first_name": "Marie", "last_name": "Curie", "role": "reviewer", "email": "marie.curie@example.org"},
+    {"uuid": OLIVIA, "first_name": "Olivia", "last_name": "Operator", "role": "operator", "email": "olivia.operator@example.org"},
 ]
 REVIEWERS = [ROSALIND, MARIE]
 ADMINS = [OLIVIA]
