@@ -1,11 +1,35 @@
+import json
+
 import pytest
 
+from kinetic_auth.standin.seed import KATHERINE, default_seed
+
+from .hub import running_hub
 from .support import running_standin
+
+# An analysis whose text is hostile HTML: every page that shows Kinetic's data must escape it.
+HOSTILE_ANALYSIS = {
+    "id": 105, "title": '<img src=x onerror="window.__pwned=1">Hostile & "title"',
+    "description": "<script>window.__pwned=2</script>", "researchers": [KATHERINE], "study_ids": [15],
+}
 
 
 @pytest.fixture(scope="session")
 def standin(tmp_path_factory):
-    """A real Kinetic stand-in server (subprocess) with the built-in seed."""
+    """A real Kinetic stand-in server (subprocess): the built-in seed plus one hostile analysis."""
     state = tmp_path_factory.mktemp("standin-state")
-    with running_standin(state) as s:
+    seed = default_seed()
+    seed["analyses"] = [*seed["analyses"], HOSTILE_ANALYSIS]
+    seed_file = state / "seed.json"
+    seed_file.write_text(json.dumps(seed))
+    with running_standin(state, seed_file) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory, standin):
+    """A real JupyterHub + proxy from hub_config/jupyterhub_config.py, shared by the tests that
+    don't need a hub of their own. The stand-in's keys are the hub's keys (same state dir)."""
+    state = standin.state_dir
+    with running_hub(state, standin, env_overrides={"TEST_AUTH_REFRESH_AGE": "1"}) as h:
+        yield h

@@ -1,0 +1,124 @@
+"""JupyterHub configuration for Kinetic Workspaces.
+
+Two profiles, chosen by KINETIC_PROFILE:
+
+* ``local`` (default, embedded defaults): everything on this machine — SQLite and keys under the
+  state dir, the Kinetic stand-in, workspaces as local processes, a local mail sink. Nothing external.
+* ``aws`` (production skeleton): the real Kinetic, EC2 workspaces, a database URL. Every value it
+  needs comes from the environment and is listed in the README; a missing one stops the hub at start
+  with its name, rather than running half-configured.
+
+Every knob the local profile reads from the environment has a default, so `make demo` and the
+tests start this same file with nothing set.
+"""
+import os
+import secrets
+import sys
+from pathlib import Path
+
+c = get_config()  # noqa: F821 (provided by JupyterHub)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # so `kinetic_auth` etc. import even without `pip install -e`
+
+from kinetic_auth.keys import ensure_standin_keys  # noqa: E402
+from kinetic_auth.standin import seed  # noqa: E402
+
+PROFILE = os.environ.get("KINETIC_PROFILE", "local")
+STATE = Path(os.environ.get("KINETIC_STATE_DIR", ROOT / "state")).resolve()
+STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def env(name, default=None):
+    value = os.environ.get(name, default)
+    if value is None:
+        raise SystemExit(f"Kinetic Workspaces ({PROFILE} profile): set the environment variable {name}")
+    return value
+
+
+def secret_file(name: str, make) -> Path:
+    path = STATE / "keys" / name
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(make())
+    return path
+
+
+# -- the front desk ----------------------------------------------------------------------------
+HUB_IP = env("KINETIC_HUB_IP", "127.0.0.1")
+HUB_PORT = int(env("KINETIC_HUB_PORT", "8000"))
+c.JupyterHub.bind_url = f"http://{HUB_IP}:{HUB_PORT}"
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{env('KINETIC_HUB_API_PORT', '8081')}"
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env('KINETIC_PROXY_API_PORT', '8001')}"
+c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
+c.JupyterHub.cookie_secret_file = str(secret_file("jupyterhub_cookie_secret", lambda: secrets.token_hex(32)))
+c.JupyterHub.db_url = env("KINETIC_DB_URL", f"sqlite:///{STATE / 'jupyterhub.sqlite'}")
+# auth_state (it holds the researcher's Kinetic cookie) is encrypted at rest with this key.
+os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", secret_file("crypt_key", lambda: secrets.token_hex(32)).read_text())
+c.JupyterHub.template_paths = [str(ROOT / "kinetic_auth" / "templates")]
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = 0  # one per analysis; the analysis list is the real limit
+# Workspaces outlive the hub: a hub restart or upgrade must not stop researchers' sessions.
+c.JupyterHub.cleanup_servers = False
+# /hub/analysis/<id> shows its own progress page at once instead of blocking up to 10 s.
+c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
+
+# -- who: Kinetic sign-in ------------------------------------------------------------------------
+c.JupyterHub.authenticator_class = "kinetic"
+KINETIC_URL = env("KINETIC_URL", "http://127.0.0.1:8900")
+c.KineticAuthenticator.kinetic_url = KINETIC_URL
+c.KineticAuthenticator.kinetic_public_url = env("KINETIC_PUBLIC_URL", KINETIC_URL)
+c.KineticAuthenticator.sso_cookie_name = env("KINETIC_COOKIE_NAME", "oxa")
+
+# Researchers may not start servers through the REST API or JupyterHub's spawn pages: the only way
+# in is /hub/analysis/<id>, which asks Kinetic first. (pre_spawn_start checks again for any path.)
+# Nor may they share a workspace themselves: joining goes through Kinetic's list of researchers.
+USER_SCOPES = [
+    "read:users!user", "read:users:name!user", "read:users:groups!user", "read:users:activity!user",
+    "read:users:shares!user", "read:servers!user", "delete:servers!user", "access:servers!user",
+    "tokens!user", "read:tokens!user",
+]
+IDLE_TIMEOUT = int(env("KINETIC_IDLE_TIMEOUT", "1800"))  # 30 minutes, as the original
+IDLE_EVERY = int(env("KINETIC_IDLE_CHECK_EVERY", str(max(1, min(300, IDLE_TIMEOUT // 5)))))
+c.JupyterHub.load_roles = [
+    {"name": "user", "scopes": USER_SCOPES},
+    {"name": "idle-culler", "services": ["idle-culler"],
+     "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]},
+]
+c.JupyterHub.services = [
+    {
+        "name": "idle-culler",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={IDLE_TIMEOUT}",
+                    f"--cull-every={IDLE_EVERY}", "--remove-named-servers=false"],
+    },
+]
+
+# -- where: workspaces ------------------------------------------------------------------------------
+c.JupyterHub.spawner_class = "kinetic-workspace"
+c.WorkspaceSpawner.kinetic_url = KINETIC_URL
+c.Spawner.http_timeout = 60
+c.Spawner.start_timeout = int(env("KINETIC_START_TIMEOUT", "300"))
+
+if PROFILE == "local":
+    keys = ensure_standin_keys(STATE)
+    c.KineticAuthenticator.sso_public_key_file = str(STATE / "keys" / "sso_public_key.pem")
+    c.KineticAuthenticator.sso_encryption_key_file = str(STATE / "keys" / "sso_encryption_key")
+    c.Authenticator.admin_users = set(seed.ADMINS)
+    c.WorkspaceSpawner.backend = "local"
+    c.WorkspaceSpawner.workspaces_root = str(STATE / "workspaces")
+elif PROFILE == "aws":
+    # Production skeleton: the real Kinetic and EC2. Keys are files mounted from a secret store.
+    c.KineticAuthenticator.sso_public_key_file = env("KINETIC_SSO_PUBLIC_KEY_FILE")
+    c.KineticAuthenticator.sso_encryption_key_file = env("KINETIC_SSO_ENCRYPTION_KEY_FILE")
+    c.Authenticator.admin_users = set(filter(None, env("KINETIC_ADMIN_UUIDS").split(",")))
+    c.JupyterHub.db_url = env("KINETIC_DB_URL")
+    c.WorkspaceSpawner.backend = "aws"
+else:
+    raise SystemExit(f"KINETIC_PROFILE must be 'local' or 'aws', not {PROFILE!r}")
+
+# Local tweaks without editing this file (e.g. for tests): a Python file run in this namespace.
+extra = os.environ.get("KINETIC_EXTRA_CONFIG")
+if extra:
+    exec(compile(Path(extra).read_text(), extra, "exec"))  # noqa: S102 (operator-supplied config)

@@ -1,0 +1,239 @@
+"""KineticAuthenticator: researchers sign in to the hub with their Kinetic SSO cookie.
+
+Auto-login: the hub's ``/hub/login`` reads the cookie Kinetic set, decrypts and verifies it with
+the configured keys (or, with no keys, asks Kinetic who it belongs to), and signs the researcher
+in as the hub user named by ``sub.uuid``. The cookie is kept in ``auth_state`` (encrypted at rest
+by JupyterHub) because every later question to Kinetic is asked *as this researcher*.
+
+The authenticator is also the one place that decides whether a researcher may use an analysis:
+:meth:`authorize_analysis` asks Kinetic, and :meth:`pre_spawn_start` applies it to every spawn,
+whichever path (page, REST API, admin panel) asked for it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from jupyterhub.auth import Authenticator
+from tornado import web
+from traitlets import Bool, Integer, Unicode, default
+
+from kinetic_spawner import slugs
+
+from . import cookie as sso
+from .kinetic import KineticClient, KineticError
+
+
+class KineticAuthenticator(Authenticator):
+    # -- where Kinetic is ------------------------------------------------------------------
+    kinetic_url = Unicode(
+        "http://127.0.0.1:8900",
+        help="""Base URL the hub uses to call the Kinetic API (server to server).
+
+        Locally this is the stand-in started by `make demo`.""",
+    ).tag(config=True)
+
+    kinetic_public_url = Unicode(
+        "",
+        help="""Base URL of Kinetic as researchers' browsers reach it (for sign-in redirects).
+
+        Defaults to `kinetic_url`.""",
+    ).tag(config=True)
+
+    sign_in_url = Unicode(
+        "",
+        help="""Where a researcher without a valid Kinetic session is sent to sign in.
+
+        A return link is appended as `r=<hub login URL>`. Defaults to
+        `{kinetic_public_url}/accounts/login`.""",
+    ).tag(config=True)
+
+    sign_out_url = Unicode(
+        "",
+        help="""Where signing out of the hub sends the researcher, so that the Kinetic session ends too
+        (otherwise auto-login would sign them straight back in). Defaults to
+        `{kinetic_public_url}/accounts/logout`.""",
+    ).tag(config=True)
+
+    # -- the SSO cookie --------------------------------------------------------------------
+    sso_cookie_name = Unicode(
+        "oxa",
+        help="Name of Kinetic's SSO cookie: `oxa` in production, `oxa_staging` on staging.",
+    ).tag(config=True)
+
+    sso_public_key_file = Unicode(
+        "",
+        help="""PEM file with the public half of Kinetic's RS256 signing key (the inner JWS).
+
+        With no keys configured the hub asks Kinetic who a cookie belongs to instead
+        (`ask_kinetic_without_keys`).""",
+    ).tag(config=True)
+
+    sso_encryption_key_file = Unicode(
+        "",
+        help="File holding the 32-byte shared key (base64) that decrypts the outer JWE (`dir`/`A256GCM`).",
+    ).tag(config=True)
+
+    ask_kinetic_without_keys = Bool(
+        True,
+        help="""With no keys configured, ask Kinetic's `/accounts/api/user` who the cookie belongs to.
+
+        Slower (one request per sign-in) but needs no shared secret on the hub.""",
+    ).tag(config=True)
+
+    cookie_leeway_seconds = Integer(
+        60, help="Clock skew allowed when checking the cookie's `exp` claim.",
+    ).tag(config=True)
+
+    authorization_cache_seconds = Integer(
+        30,
+        help="""How long an answer from Kinetic about (researcher, analysis) is reused.
+
+        Short on purpose: removing a researcher from an analysis in Kinetic takes effect within
+        this many seconds for new workspace starts and joins.""",
+    ).tag(config=True)
+
+    @default("auto_login")
+    def _auto_login_default(self):
+        return True
+
+    @default("allow_all")
+    def _allow_all_default(self):
+        # Anyone Kinetic vouches for may sign in; what they can open is decided per analysis by Kinetic.
+        return True
+
+    @default("enable_auth_state")
+    def _enable_auth_state_default(self):
+        return True
+
+    @default("login_service")
+    def _login_service_default(self):
+        return "Kinetic"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._keys = None
+        self._authz_cache: dict[tuple[str, str], tuple[float, dict | None]] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    @property
+    def kinetic(self) -> KineticClient:
+        return KineticClient(self.kinetic_url, cookie_name=self.sso_cookie_name)
+
+    def public_kinetic_url(self) -> str:
+        return (self.kinetic_public_url or self.kinetic_url).rstrip("/")
+
+    def sign_in_redirect(self) -> str:
+        return self.sign_in_url or f"{self.public_kinetic_url()}/accounts/login"
+
+    def sign_out_redirect(self) -> str:
+        return self.sign_out_url or f"{self.public_kinetic_url()}/accounts/logout"
+
+    def keys(self):
+        """(public key, encryption key), or None when not configured. Read once."""
+        if self._keys is None and self.sso_public_key_file and self.sso_encryption_key_file:
+            self._keys = (
+                sso.load_signing_key(Path(self.sso_public_key_file).read_bytes()),
+                sso.load_encryption_key(Path(self.sso_encryption_key_file).read_text()),
+            )
+        return self._keys
+
+    async def identify(self, token: str | None) -> sso.Researcher:
+        """Who this cookie belongs to. Raises CookieError with a reason a person can read."""
+        if not token:
+            raise sso.CookieError("you are not signed in to Kinetic")
+        keys = self.keys()
+        if keys:
+            return sso.decode(token, *keys, leeway=self.cookie_leeway_seconds)
+        if not self.ask_kinetic_without_keys:
+            raise sso.CookieError("the hub has no keys to check Kinetic sign-ins")
+        try:
+            who = await self.kinetic.whoami(token)
+        except KineticError:
+            raise sso.CookieError("Kinetic could not be asked who you are; try again shortly") from None
+        if not who or not who.get("uuid"):
+            raise sso.CookieError("Kinetic does not recognise this sign-in")
+        return sso.Researcher(uuid=who["uuid"], is_test=False, claims={"sub": {"uuid": who["uuid"]}})
+
+    async def _profile(self, token: str) -> dict:
+        """Name and email for pages and release mail; best effort, sign-in works without it."""
+        try:
+            who = await self.kinetic.whoami(token) or {}
+        except KineticError:
+            who = {}
+        return {k: who.get(k, "") for k in ("first_name", "last_name", "email")}
+
+    # -- the Authenticator API -------------------------------------------------------------
+    async def authenticate(self, handler, data=None):
+        """``data`` is ``{"sso_cookie": token}`` from KineticLoginHandler; the token is verified here."""
+        token = (data or {}).get("sso_cookie")
+        try:
+            who = await self.identify(token)
+        except sso.CookieError as e:
+            self.log.warning("Kinetic sign-in refused: %s", e.reason)  # never the cookie itself
+            return None
+        return {
+            "name": who.uuid,
+            "auth_state": {"sso_cookie": token, "uuid": who.uuid, "profile": await self._profile(token)},
+        }
+
+    async def refresh_user(self, user, handler=None):
+        """Re-check the Kinetic cookie on the hub's own pages.
+
+        Signed out of Kinetic, or signed in there as someone else → sign in again (False).
+        Same researcher with a renewed cookie → keep the new cookie in auth_state.
+        Without a request (API tokens, background work) there is no cookie to look at.
+        """
+        if handler is None or getattr(handler, "_token_authenticated", False):
+            # API tokens (a workspace's own token, the culler) carry no browser cookie to check.
+            return True
+        token = handler.get_cookie(self.sso_cookie_name)
+        try:
+            who = await self.identify(token)
+        except sso.CookieError:
+            return False
+        if who.uuid != user.name:
+            return False
+        state = await user.get_auth_state() or {}
+        if state.get("sso_cookie") == token:
+            return True
+        state.update({"sso_cookie": token, "uuid": who.uuid})
+        return {"name": user.name, "auth_state": state}
+
+    async def authorize_analysis(self, user, analysis_id: str) -> dict | None:
+        """The analysis as Kinetic shows it to this researcher, or None if they are not on it.
+
+        Raises KineticError when Kinetic cannot be asked (callers show "try again", never "yes").
+        """
+        analysis_id = slugs.check_analysis_id(analysis_id)
+        key = (user.name, analysis_id)
+        hit = self._authz_cache.get(key)
+        if hit and time.monotonic() - hit[0] < self.authorization_cache_seconds:
+            return hit[1]
+        state = await user.get_auth_state() or {}
+        token = state.get("sso_cookie")
+        if not token:
+            return None
+        analysis = await self.kinetic.get_analysis(analysis_id, token)
+        if analysis is not None and str(analysis.get("id")) != analysis_id:
+            analysis = None  # Kinetic answered about something else: treat as no access
+        self._authz_cache[key] = (time.monotonic(), analysis)
+        return analysis
+
+    async def pre_spawn_start(self, user, spawner):
+        """Every spawn, by any path, must be for an analysis Kinetic says this researcher is on."""
+        analysis_id = slugs.analysis_id_from_server_name(spawner.name)
+        if analysis_id is None:
+            raise web.HTTPError(400, "Workspaces are opened from a Kinetic analysis (server a-<analysisId>).")
+        try:
+            analysis = await self.authorize_analysis(user, analysis_id)
+        except KineticError:
+            raise web.HTTPError(502, "Kinetic could not be reached to check access; try again.") from None
+        if analysis is None:
+            raise web.HTTPError(404, f"You are not a researcher on analysis {analysis_id}.")
+        spawner.analysis = analysis
+
+    def get_handlers(self, app):
+        from . import handlers  # late import: handlers import JupyterHub's web handlers
+
+        return handlers.routes()

@@ -1,0 +1,47 @@
+"""What outlives what: idle workspaces lose compute but keep files; workspaces outlive the hub."""
+import time
+
+import pytest
+
+from kinetic_auth.standin.seed import ADA, GRACE
+
+from .hub import running_hub
+
+
+@pytest.fixture
+def own_state(tmp_path):
+    return tmp_path
+
+
+def test_an_idle_workspace_is_culled_and_its_files_come_back(own_state, standin):
+    env = {"KINETIC_IDLE_TIMEOUT": "6", "KINETIC_IDLE_CHECK_EVERY": "2"}
+    with running_hub(own_state, standin, env_overrides=env) as hub:
+        grace = hub.browser_session(GRACE)
+        assert hub.open_analysis(grace, 103).status_code == 200
+        work = own_state / "workspaces" / "103" / "kinetic" / "analysis.r"
+        work.write_text("summary(1:10)\n")
+        deadline = time.monotonic() + 60
+        while hub.servers(GRACE).get("a-103", {}).get("ready"):
+            assert time.monotonic() < deadline, "the idle culler did not stop the workspace"
+            time.sleep(1)
+        assert work.read_text() == "summary(1:10)\n"
+        page = hub.open_analysis(grace, 103)
+        assert page.status_code == 200 and "/a-103/" in page.url
+        assert work.read_text() == "summary(1:10)\n"
+
+
+def test_a_hub_restart_keeps_a_running_workspace(own_state, standin):
+    with running_hub(own_state, standin) as hub:
+        ada = hub.browser_session(ADA)
+        page = hub.open_analysis(ada, 102)
+        assert page.status_code == 200
+        pid_before = hub.api("GET", f"/users/{ADA}").json()["servers"]["a-102"]["url"]
+        hub.stop()
+        hub.start()
+        servers = hub.servers(ADA)
+        assert servers.get("a-102", {}).get("ready"), servers
+        assert servers["a-102"]["url"] == pid_before
+        # the same browser session still reaches it through the new proxy
+        again = ada.get(page.url)
+        assert again.status_code == 200 and "RStudio" in again.text
+        hub.stop_workspace(ADA, "a-102")

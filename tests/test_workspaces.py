@@ -1,0 +1,128 @@
+"""Opening an analysis: authorized by Kinetic, one workspace per analysis, joined by co-researchers."""
+import datetime
+import threading
+
+from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE
+
+
+def _home(hub, analysis_id):
+    return hub.state_dir / "workspaces" / str(analysis_id)
+
+
+def test_a_researcher_cannot_open_another_researchers_analysis(hub):
+    kat = hub.browser_session(KATHERINE)
+    r = kat.get(f"{hub.url}/hub/analysis/102", allow_redirects=False)
+    assert r.status_code == 404
+    assert "not one of its researchers" in r.text
+    assert hub.servers(KATHERINE) == {}
+    assert not _home(hub, 102).exists()
+    assert kat.get(f"{hub.url}/hub/analysis/102/progress").status_code == 404
+
+
+def test_the_rest_api_cannot_start_a_workspace_around_kinetic(hub):
+    kat = hub.browser_session(KATHERINE)
+    token = hub.api("POST", f"/users/{KATHERINE}/tokens", json={"note": "test"}).json()["token"]
+    headers = {"Authorization": f"token {token}"}
+    import requests
+    r = requests.post(f"{hub.url}/hub/api/users/{KATHERINE}/servers/a-102", headers=headers)
+    assert r.status_code == 403  # researchers hold no `servers` scope
+    # JupyterHub's own spawn page is closed too
+    assert kat.get(f"{hub.url}/hub/spawn/{KATHERINE}/a-102", allow_redirects=False).status_code == 403
+    # even an operator cannot start a workspace for someone Kinetic does not list on the analysis
+    r = hub.api("POST", f"/users/{KATHERINE}/servers/a-102")
+    assert r.status_code >= 400
+    assert not hub.servers(KATHERINE).get("a-102", {}).get("ready")
+    assert not _home(hub, 102).exists()
+    # and no server that is not an analysis workspace
+    assert hub.api("POST", f"/users/{KATHERINE}/servers/scratch").status_code >= 400
+    assert "scratch" not in {k for k, v in hub.servers(KATHERINE).items() if v.get("ready")}
+
+
+def test_bad_analysis_ids_are_refused_in_words(hub):
+    ada = hub.browser_session(ADA)
+    for bad in ["abc", "0", "1;rm", "9" * 30]:
+        r = ada.get(f"{hub.url}/hub/analysis/{bad}", allow_redirects=False)
+        assert r.status_code == 404 and "Kinetic analysis" in r.text, bad
+    r = ada.get(f"{hub.url}/hub/analysis/999", allow_redirects=False)
+    assert r.status_code == 404
+
+
+def test_opening_an_analysis_gives_a_seeded_workspace_through_the_proxy(hub):
+    ada = hub.browser_session(ADA)
+    first = ada.get(f"{hub.url}/hub/analysis/102", allow_redirects=False)
+    assert first.status_code == 200 and "Spaced practice effects" in first.text  # progress page
+    events = hub.progress_events(ada, 102)
+    messages = [e.get("message", "") for e in events]
+    assert events[-1].get("ready"), messages
+    assert len(events) >= 4 and [e["progress"] for e in events] == sorted(e["progress"] for e in events)
+    page = hub.open_analysis(ada, 102)
+    assert page.status_code == 200
+    assert f"/user/{ADA}/a-102/rstudio/" in page.url
+    assert "RStudio" in page.text
+    home = _home(hub, 102)
+    main = (home / "kinetic" / "main.r").read_text()
+    assert f'cutoff_date = "{datetime.date.today().isoformat()}"' in main
+    api_key = hub.api("GET", f"/users/{ADA}").json()  # not exposed: just make sure the server is listed
+    assert "a-102" in api_key["servers"]
+    renviron = (home / ".Renviron").read_text()
+    assert renviron.count("ANALYSIS_API_KEY=a") == 1
+    data = list((home / "kinetic" / "data").glob("*.csv"))
+    assert data and data[0].read_text().startswith("student_id,")
+    # home page shows it running
+    assert "Running (opened by you)" in ada.get(f"{hub.url}/hub/home").text
+
+
+def test_reopening_keeps_the_researchers_work(hub):
+    ada = hub.browser_session(ADA)
+    hub.open_analysis(ada, 102)
+    main = _home(hub, 102) / "kinetic" / "main.r"
+    main.write_text(main.read_text() + "\n# my change\n")
+    (_home(hub, 102) / "kinetic" / "notes.r").write_text("x <- 1\n")
+    hub.stop_workspace(ADA, "a-102")
+    assert "# my change" in main.read_text()
+    page = hub.open_analysis(ada, 102)
+    assert page.status_code == 200
+    assert "# my change" in main.read_text()
+    assert (_home(hub, 102) / "kinetic" / "notes.r").read_text() == "x <- 1\n"
+    hub.stop_workspace(ADA, "a-102")
+
+
+def test_two_researchers_opening_at_the_same_moment_share_one_workspace(hub):
+    sessions = {ADA: hub.browser_session(ADA), GRACE: hub.browser_session(GRACE)}
+    barrier = threading.Barrier(2)
+    results = {}
+
+    def open_(uuid):
+        barrier.wait()
+        results[uuid] = sessions[uuid].get(f"{hub.url}/hub/analysis/101", allow_redirects=False).status_code
+
+    threads = [threading.Thread(target=open_, args=(u,)) for u in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(results.values()) <= {200, 302}
+    owners = hub.active_workspaces("a-101")
+    assert len(owners) == 1, owners
+    owner = owners[0]
+    for uuid, s in sessions.items():
+        page = hub.open_analysis(s, 101)
+        assert page.status_code == 200, (uuid, page.status_code)
+        assert f"/user/{owner}/a-101/" in page.url  # both in the owner's workspace
+    assert hub.active_workspaces("a-101") == [owner]
+    other = GRACE if owner == ADA else ADA
+    assert "opened by" in sessions[other].get(f"{hub.url}/hub/home").text
+    hub.stop_workspace(owner, "a-101")
+
+
+def test_a_co_researcher_joins_the_running_workspace(hub):
+    ada, grace = hub.browser_session(ADA), hub.browser_session(GRACE)
+    hub.open_analysis(ada, 101)
+    page = hub.open_analysis(grace, 101)
+    assert page.status_code == 200 and f"/user/{ADA}/a-101/" in page.url
+    assert "a-101" not in hub.servers(GRACE)
+    # Katherine, not on the analysis, cannot reach it even with the URL
+    kat = hub.browser_session(KATHERINE)
+    r = kat.get(f"{hub.url}/user/{ADA}/a-101/rstudio/", allow_redirects=True)
+    assert "RStudio" not in r.text or r.status_code in (403, 404)
+    hub.stop_workspace(ADA, "a-101")
