@@ -58,10 +58,12 @@ c.JupyterHub.db_url = env("KINETIC_DB_URL", f"sqlite:///{STATE / 'jupyterhub.sql
 # auth_state (it holds the researcher's Kinetic cookie) is encrypted at rest with this key.
 os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", secret_file("crypt_key", lambda: secrets.token_hex(32)).read_text())
 c.JupyterHub.template_paths = [str(ROOT / "kinetic_auth" / "templates")]
+c.JupyterHub.default_url = "/hub/home"  # researchers land on their analyses, never a spawn form
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 0  # one per analysis; the analysis list is the real limit
 # Workspaces outlive the hub: a hub restart or upgrade must not stop researchers' sessions.
-c.JupyterHub.cleanup_servers = False
+# (`make demo` sets KINETIC_STOP_WORKSPACES_ON_EXIT=1 so Ctrl-C leaves nothing running.)
+c.JupyterHub.cleanup_servers = env("KINETIC_STOP_WORKSPACES_ON_EXIT", "0") == "1"
 # /hub/analysis/<id> shows its own progress page at once instead of blocking up to 10 s.
 c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
 

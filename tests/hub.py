@@ -56,8 +56,12 @@ class Hub:
              str(ROOT / "hub_config" / "jupyterhub_config.py")],
             self.log_path, env=self.env, cwd=self.state_dir)
         wait_for_http(self.url + "/hub/api", timeout=timeout, proc=self.proc)
-        # the API answers before the proxy has all routes; one authenticated call settles it
-        self.api("GET", "/users")
+        # the proxy answers 404 until the hub has added its own route
+        deadline = time.monotonic() + timeout
+        while requests.get(self.url + "/hub/api", timeout=5).status_code != 200:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"hub did not come up\n{self.log()[-3000:]}")
+            time.sleep(0.1)
         return self
 
     def stop(self):
