@@ -163,6 +163,9 @@ class AnalysisHandler(KineticPage):
                 # A co-researcher joins the running workspace; a second one on the same storage
                 # would have two R sessions writing the same files.
                 orm.Share.grant(self.db, spawner.orm_spawner, user.orm_user)
+                # Kinetic already says they work together on this analysis: no extra JupyterHub
+                # "authorize access" page for the joiner (the share still limits what they reach).
+                self.settings.setdefault("oauth_no_confirm_list", set()).add(spawner.oauth_client_id)
                 self.log.info("%s joined the workspace of analysis %s opened by %s",
                               user.name, aid, spawner.user.name)
         if spawner.ready:
@@ -170,7 +173,9 @@ class AnalysisHandler(KineticPage):
             return
         html = await self.render_template(
             "analysis_pending.html", analysis=analysis, spawner=spawner, user=user,
-            progress_url=url_path_join(self.hub.base_url, "analysis", aid, "progress"))
+            # EventSource is a cors-mode fetch: JupyterHub wants the xsrf token on it
+            progress_url=url_concat(url_path_join(self.hub.base_url, "analysis", aid, "progress"),
+                                    {"_xsrf": self.xsrf_token.decode("ascii")}))
         self.finish(html)
 
     async def start_workspace(self, user, aid: str):

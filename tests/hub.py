@@ -64,6 +64,17 @@ class Hub:
             time.sleep(0.1)
         return self
 
+    def stop_all_workspaces(self):
+        """Workspaces outlive the hub by design (cleanup_servers=False): tests stop theirs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for u in self.api("GET", "/users", params={"state": "active"}).json():
+            for name in u.get("servers", {}):
+                self.api("DELETE", f"/users/{u['name']}/servers/{name}")
+        deadline = time.monotonic() + 60
+        while self.api("GET", "/users", params={"state": "active"}).json() and time.monotonic() < deadline:
+            time.sleep(0.3)
+
     def stop(self):
         if self.proc is not None:
             stop_process(self.proc, timeout=30)
@@ -138,4 +149,5 @@ def running_hub(state_dir: Path, standin, **kw):
     try:
         yield hub.start()
     finally:
+        hub.stop_all_workspaces()
         hub.stop()

@@ -14,7 +14,11 @@ async def test_from_kinetic_link_to_a_working_workspace(hub, tmp_path):
         # not signed in: Kinetic's sign-in page, then back through the hub to the analysis
         await page.wait_for_url(f"{hub.standin.url}/accounts/login*")
         await page.click(f'button[data-uuid="{ADA}"]')
-        await page.wait_for_url("**/user/**/a-102/rstudio/**", timeout=90_000)
+        try:
+            await page.wait_for_url("**/user/**/a-102/rstudio/**", timeout=90_000)
+        except Exception:
+            await page.screenshot(path="/tmp/browser-fail.png")
+            raise AssertionError(f"stuck at {page.url}: {(await page.content())[:2000]}")
         await page.wait_for_selector("text=RStudio", timeout=30_000)
         elapsed = time.monotonic() - started
         print(f"\nsign-in -> workspace in the browser: {elapsed:.1f} s")
