@@ -22,15 +22,15 @@ from tests.support import free_port, running_standin, stop_process, test_env, wa
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 
 
-def bare_singleuser_start(home: Path) -> float:
+def bare_singleuser_start(home: Path, hub_api: str) -> float:
     """Time for `jupyterhub-singleuser` alone to answer HTTP: the lower bound for any spawner."""
     port = free_port()
     env = test_env(HOME=str(home), JUPYTERHUB_SERVICE_PREFIX="/user/bench/", JUPYTERHUB_API_TOKEN="x",
-                   JUPYTERHUB_API_URL="http://127.0.0.1:9/hub/api", JUPYTERHUB_USER="bench",
+                   JUPYTERHUB_API_URL=hub_api, JUPYTERHUB_USER="bench",
                    JUPYTERHUB_CLIENT_ID="jupyterhub-user-bench", JUPYTERHUB_OAUTH_CALLBACK_URL="/x",
-                   JUPYTERHUB_BASE_URL="/")
+                   JUPYTERHUB_BASE_URL="/", JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{port}/user/bench/")
     env["PATH"] = f"{FAKE_RSERVER_DIR}:{env['PATH']}"
-    args = [str(Path(sys.executable).parent / "jupyterhub-singleuser"), "--ip=127.0.0.1", f"--port={port}",
+    args = [str(Path(sys.executable).parent / "jupyterhub-singleuser"),
             "--allow-root", "--SingleUserNotebookApp.default_url=/rstudio"]
     started = time.monotonic()
     proc = subprocess.Popen(args, env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -62,7 +62,7 @@ def main():
                 assert page.status_code == 200 and "RStudio" in page.text
                 ours.append(time.monotonic() - started)
                 hub.stop_workspace(ADA, "a-102")
-            floor = [bare_singleuser_start(tmp / "home") for _ in range(RUNS)]
+            floor = [bare_singleuser_start(tmp / "home", f"{hub.url}/hub/api") for _ in range(RUNS)]
     o, f = statistics.median(ours), statistics.median(floor)
     print(f"sign-in -> workspace (first run seeds the project): {', '.join(f'{x:.2f}' for x in ours)} s")
     print(f"bare jupyterhub-singleuser start (lower bound):      {', '.join(f'{x:.2f}' for x in floor)} s")
