@@ -1,7 +1,7 @@
 """`make demo`: the whole system on this machine with embedded defaults.
 
-Starts the Kinetic stand-in, the local mail sink and JupyterHub (which starts its proxy, the idle
-culler and the enclave service), prints where to go and who to be, and stops everything on Ctrl-C.
+Starts the Kinetic stand-in and JupyterHub (which starts its proxy, the idle culler, the enclave
+service and the local mail sink), prints where to go and who to be, and stops everything on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -74,11 +74,6 @@ def main() -> None:
                                 "--port", str(STANDIN_PORT), "--state-dir", str(STATE)], env)
     procs.append(("standin", standin))
     wait_http(f"{standin_url}/accounts/login", standin, "standin")
-    mailsink = ROOT / "enclave_service" / "mailsink.py"
-    if mailsink.exists():
-        sink = start("mailsink", [sys.executable, "-m", "enclave_service.mailsink", "--port", str(SMTP_PORT),
-                                  "--maildir", str(STATE / "mail")], env)
-        procs.append(("mailsink", sink))
     hub = start("jupyterhub", [str(bin_dir / "jupyterhub"), "-f", str(ROOT / "hub_config" / "jupyterhub_config.py")],
                 env)
     procs.append(("jupyterhub", hub))

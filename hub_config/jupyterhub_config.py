@@ -120,6 +120,26 @@ elif PROFILE == "aws":
 else:
     raise SystemExit(f"KINETIC_PROFILE must be 'local' or 'aws', not {PROFILE!r}")
 
+# -- the enclave: submit, checks, isolated run, review, release ------------------------------------
+from enclave_service.hub_integration import configure_enclave_service  # noqa: E402
+
+PUBLIC_HUB_URL = env("KINETIC_PUBLIC_HUB_URL", f"http://{HUB_IP}:{HUB_PORT}")
+if PROFILE == "local":
+    configure_enclave_service(
+        c, state_dir=STATE / "enclave", kinetic_url=KINETIC_URL, public_url=PUBLIC_HUB_URL,
+        reviewers=seed.REVIEWERS, port=int(env("KINETIC_ENCLAVE_PORT", "10101")),
+        smtp_port=int(env("KINETIC_SMTP_PORT", "8925")), mail_sink_dir=STATE / "mail",
+        enclave_key_file=STATE / "keys" / "kinetic_enclave_key", runner="podman",
+        workspaces_root=STATE / "workspaces",
+        required_approvals=int(env("KINETIC_REQUIRED_APPROVALS", "2")))
+else:
+    configure_enclave_service(
+        c, state_dir=env("KINETIC_ENCLAVE_STATE_DIR", str(STATE / "enclave")), kinetic_url=KINETIC_URL,
+        public_url=env("KINETIC_PUBLIC_HUB_URL"), reviewers=env("KINETIC_REVIEWER_UUIDS").split(","),
+        smtp_host=env("KINETIC_SMTP_HOST"), smtp_port=int(env("KINETIC_SMTP_PORT", "587")),
+        enclave_key_file=env("KINETIC_ENCLAVE_KEY_FILE"), runner="ec2",
+        db_url=env("KINETIC_ENCLAVE_DB_URL"))
+
 # Local tweaks without editing this file (e.g. for tests): a Python file run in this namespace.
 extra = os.environ.get("KINETIC_EXTRA_CONFIG")
 if extra:

@@ -45,6 +45,7 @@ class Hub:
         self.env = test_env(
             KINETIC_STATE_DIR=state_dir, KINETIC_HUB_PORT=self.port, KINETIC_HUB_API_PORT=free_port(),
             KINETIC_PROXY_API_PORT=free_port(), KINETIC_URL=standin.url, KINETIC_EXTRA_CONFIG=extra,
+            KINETIC_ENCLAVE_PORT=free_port(), KINETIC_SMTP_PORT=free_port(),
             TEST_OPERATOR_TOKEN=self.token, **(env_overrides or {}))
         self.env["PATH"] = path_prefix + self.env["PATH"]
         self.proc = None

@@ -1,0 +1,307 @@
+"""The enclave service: a hub-managed tornado service at ``/services/enclave/``.
+
+    python -m enclave_service.app          (started by JupyterHub; see hub_integration.py)
+
+Configuration is a traitlets Application: every option can come from a config file
+(``--config=FILE``), the command line (``--EnclaveService.required_approvals=1``) or an
+``ENCLAVE_*`` environment variable set by the hub (see ``configure_enclave_service``). JupyterHub
+itself provides ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX``
+and the OAuth client settings.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpserver import HTTPServer
+from traitlets import Bool, Dict, Integer, List, Unicode, default
+from traitlets.config import Application
+
+from .db import Database
+
+log = logging.getLogger("enclave")
+HERE = Path(__file__).parent
+
+
+def _env(name: str, fallback: str = "") -> str:
+    return os.environ.get(f"ENCLAVE_{name}", fallback)
+
+
+class EnclaveService(Application):
+    name = "enclave-service"
+    description = "Kinetic enclave: submit → checks → isolated run → review → release"
+
+    state_dir = Unicode(config=True, help="""Folder for the database, archives, run folders and
+        releases (default $ENCLAVE_STATE_DIR or ./state/enclave).""")
+
+    @default("state_dir")
+    def _state_dir(self):
+        return _env("STATE_DIR", "state/enclave")
+
+    db_url = Unicode(config=True, help="SQLAlchemy URL; default: SQLite file enclave.sqlite in state_dir.")
+
+    @default("db_url")
+    def _db_url(self):
+        return _env("DB_URL") or f"sqlite:///{Path(self.state_dir).resolve() / 'enclave.sqlite'}"
+
+    kinetic_url = Unicode(config=True, help="Base URL of Kinetic (or the stand-in). Empty: no Kinetic.")
+
+    @default("kinetic_url")
+    def _kinetic_url(self):
+        return _env("KINETIC_URL")
+
+    kinetic_cookie_name = Unicode(config=True, help="Name of Kinetic's SSO cookie (oxa; oxa_staging on staging).")
+
+    @default("kinetic_cookie_name")
+    def _cookie(self):
+        return _env("KINETIC_COOKIE_NAME", "oxa")
+
+    enclave_key_file = Unicode(config=True, help="""File holding Kinetic's enclave Bearer key (real data
+        and the enclave run API). Read at start; never logged, never given to a run. Empty: Kinetic
+        sync and real-data staging are off.""")
+
+    @default("enclave_key_file")
+    def _ekf(self):
+        return _env("KINETIC_KEY_FILE")
+
+    kinetic_sync = Bool(config=True, help="Report runs to Kinetic (run, log lines, upload, completion).")
+
+    @default("kinetic_sync")
+    def _ks(self):
+        return _env("KINETIC_SYNC", "1") not in ("0", "false", "no", "")
+
+    public_url = Unicode(config=True, help="The hub's public URL (mail links point to it).")
+
+    @default("public_url")
+    def _public_url(self):
+        return _env("PUBLIC_URL", "http://127.0.0.1:8000")
+
+    smtp_host = Unicode(config=True, help="SMTP server for release mail.")
+
+    @default("smtp_host")
+    def _smtp_host(self):
+        return _env("SMTP_HOST", "127.0.0.1")
+
+    smtp_port = Integer(config=True, help="SMTP port (0 disables mail).")
+
+    @default("smtp_port")
+    def _smtp_port(self):
+        return int(_env("SMTP_PORT", "0") or 0)
+
+    mail_from = Unicode(config=True, help="From address of release mail.")
+
+    @default("mail_from")
+    def _mail_from(self):
+        return _env("MAIL_FROM", "Kinetic enclave <enclave@kinetic.invalid>")
+
+    reviewers_group = Unicode(config=True, help="Hub group whose members review outputs.")
+
+    @default("reviewers_group")
+    def _rg(self):
+        return _env("REVIEWERS_GROUP", "reviewers")
+
+    required_approvals = Integer(config=True, help="Independent approvals a release needs (default 2).")
+
+    @default("required_approvals")
+    def _ra(self):
+        return int(_env("REQUIRED_APPROVALS", "2"))
+
+    runner = Unicode(config=True, help="""Runner: 'podman' (this machine), 'ec2', or 'module:Class'
+        for a custom implementation of enclave_service.runners.Runner.""")
+
+    @default("runner")
+    def _runner(self):
+        return _env("RUNNER", "podman")
+
+    run_wall_seconds = Integer(config=True, help="Wall-clock limit of one run, in seconds.")
+
+    @default("run_wall_seconds")
+    def _rws(self):
+        return int(_env("RUN_WALL_SECONDS", "3600"))
+
+    step_limits = Dict(config=True, help="""Time limit (seconds) per pipeline step, by step name
+        (archive, code, build, run, outputs, review, release); unnamed steps keep their defaults.""")
+
+    @default("step_limits")
+    def _sl(self):
+        return json.loads(_env("STEP_LIMITS", "{}"))
+
+    max_parallel_runs = Integer(config=True, help="Runs the pipeline works on at the same time.")
+
+    @default("max_parallel_runs")
+    def _mpr(self):
+        return int(_env("MAX_PARALLEL_RUNS", "2"))
+
+    workspaces_root = Unicode(config=True, help="""Local backend: the folder that holds one workspace
+        home per analysis (<root>/<analysis_id>). When set, a JSON submit {analysis_id, message}
+        makes the service snapshot that folder itself. Empty: only archive uploads are accepted.""")
+
+    @default("workspaces_root")
+    def _wr(self):
+        return _env("WORKSPACES_ROOT")
+
+    show_run_logs_to_researchers = Bool(config=True, help="""Show the run's console log to researchers.
+        Off by default: the log of a run against real data can print real data, so it is shown to
+        reviewers only (researchers see the failure reason in words).""")
+
+    @default("show_run_logs_to_researchers")
+    def _srl(self):
+        return _env("SHOW_RUN_LOGS", "0") in ("1", "true", "yes")
+
+    max_archive_bytes = Integer(config=True, help="Largest archive upload accepted (bytes).")
+
+    @default("max_archive_bytes")
+    def _mab(self):
+        return int(_env("MAX_ARCHIVE_BYTES", str(200 * 2**20)))
+
+    ip = Unicode(config=True, help="Listen address (default: from JUPYTERHUB_SERVICE_URL).")
+    port = Integer(config=True, help="Listen port (default: from JUPYTERHUB_SERVICE_URL).")
+
+    @default("ip")
+    def _ip(self):
+        return urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")).hostname
+
+    @default("port")
+    def _port(self):
+        return urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")).port
+
+    service_prefix = Unicode(config=True, help="URL prefix (JupyterHub sets JUPYTERHUB_SERVICE_PREFIX).")
+
+    @default("service_prefix")
+    def _prefix(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/enclave/")
+
+    aliases = {"config": "EnclaveService.config_file"}
+    config_file = Unicode("", config=True, help="Config file to load.")
+
+    # -- runtime objects ------------------------------------------------------------------------
+    def make_runner(self):
+        name = self.runner
+        if name in ("", "none"):
+            return None
+        if name == "podman":
+            from .runners.podman import PodmanRunner
+            return PodmanRunner(parent=self)
+        if name == "ec2":
+            from .runners.ec2 import EC2Runner
+            return EC2Runner(parent=self)
+        module, _, cls = name.partition(":")
+        import importlib
+        return getattr(importlib.import_module(module), cls)(parent=self)
+
+    async def start_service(self) -> "Service":
+        from kinetic_auth.kinetic import KineticClient
+
+        from .kinetic_sync import KineticSync
+        from .mail import Mailer
+        from .pipeline import Pipeline
+        from .runners import RunLimits
+
+        state = Path(self.state_dir).resolve()
+        (state / "runs").mkdir(parents=True, exist_ok=True)
+        (state / "enclave.pid").write_text(str(os.getpid()))
+        key = ""
+        if self.enclave_key_file:
+            key = Path(self.enclave_key_file).read_text().strip()
+        client = KineticClient(self.kinetic_url, self.kinetic_cookie_name, enclave_key=key) \
+            if self.kinetic_url else None
+        sync = KineticSync(client if (self.kinetic_sync and key) else None)
+        db = Database(self.db_url)
+        mailer = Mailer(self.smtp_host, self.smtp_port, self.mail_from) if self.smtp_port else None
+        pipeline = Pipeline(db=db, runs_dir=state / "runs", kinetic=sync, runner=self.make_runner(),
+                            mailer=mailer, public_url=self.public_url, service_prefix=self.service_prefix,
+                            limits=self.step_limits, run_limits=RunLimits(wall_seconds=self.run_wall_seconds),
+                            max_parallel=self.max_parallel_runs)
+        service = Service(self, db, pipeline, client)
+        return service
+
+    def start(self):
+        logging.basicConfig(level=logging.INFO, format="[enclave %(levelname)s %(asctime)s] %(message)s")
+        if self.config_file:
+            self.load_config_file(self.config_file)
+        asyncio.run(self._main())
+
+    async def _main(self):
+        service = await self.start_service()
+        app = make_web_app(service)
+        server = HTTPServer(app, xheaders=True, max_body_size=self.max_archive_bytes + 2**20)
+        server.listen(self.port, self.ip)
+        log.info("enclave service at http://%s:%s%s", self.ip, self.port, self.service_prefix)
+        resumed = await service.pipeline.resume_all()
+        if resumed:
+            log.info("resumed %d run(s) after start-up", len(resumed))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: runs in progress continue in their containers and resume at next start")
+        server.stop()
+        await service.pipeline.stop()
+        service.db.close()
+
+
+class Service:
+    """What handlers share: configuration, database, pipeline, Kinetic, the hub API."""
+
+    def __init__(self, config: EnclaveService, db: Database, pipeline, kinetic_client):
+        self.config = config
+        self.db = db
+        self.pipeline = pipeline
+        self.kinetic = kinetic_client
+        self.prefix = config.service_prefix
+        self.hub_api_url = os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api").rstrip("/")
+        self.hub_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        self._users: dict[str, tuple[float, dict]] = {}
+
+    async def hub_user(self, name: str, max_age: float = 15.0) -> dict | None:
+        """The hub's model of a user (groups, auth_state), read with the service's own token."""
+        cached = self._users.get(name)
+        if cached and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        from urllib.parse import quote
+        req = HTTPRequest(f"{self.hub_api_url}/users/{quote(name, safe='')}",
+                          headers={"Authorization": f"token {self.hub_token}"}, request_timeout=10)
+        try:
+            resp = await AsyncHTTPClient().fetch(req)
+        except HTTPClientError as e:
+            if e.code == 404:
+                return None
+            raise
+        model = json.loads(resp.body)
+        self._users[name] = (time.monotonic(), model)
+        return model
+
+
+def make_web_app(service: Service) -> web.Application:
+    from jupyterhub.services.auth import HubOAuthCallbackHandler
+    from jupyterhub.utils import url_path_join
+
+    from . import api, pages
+    p = service.prefix
+    routes = [
+        (url_path_join(p, "oauth_callback"), HubOAuthCallbackHandler),
+        *[(url_path_join(p, path), handler) for path, handler in api.ROUTES],
+        *[(url_path_join(p, path), handler) for path, handler in pages.ROUTES],
+    ]
+    return web.Application(
+        routes, enclave=service, template_path=str(HERE / "templates"),
+        cookie_secret=os.urandom(32), xsrf_cookies=False, autoescape="xhtml_escape",
+        static_path=None,
+    )
+
+
+def main(argv=None):
+    EnclaveService.launch_instance(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Join the enclave service to a JupyterHub config.
+
+    from enclave_service.hub_integration import configure_enclave_service
+    configure_enclave_service(c, state_dir="state/enclave", kinetic_url="http://127.0.0.1:8900",
+                              public_url="http://127.0.0.1:8000", reviewers=[ROSALIND, MARIE],
+                              smtp_port=8025, enclave_key_file="state/keys/kinetic_enclave_key")
+
+This registers a hub-managed service ``enclave`` (the hub starts it, restarts it when it exits and
+gives it its API token and OAuth client), a role that lets the service read users, groups and
+auth_state (to call Kinetic as the researcher and to mail them), the ``reviewers`` group, and the
+``access:services!service=enclave`` scope for every user (pages and API).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+SERVICE_NAME = "enclave"
+SERVICE_SCOPES = ["list:users", "read:users", "admin:auth_state", "read:groups"]
+
+
+def _append_role(c, role: dict) -> None:
+    roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+    roles = [r for r in roles if r.get("name") != role["name"]]
+    roles.append(role)
+    c.JupyterHub.load_roles = roles
+
+
+def _grant_user_access(c, scope: str) -> None:
+    roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+    for r in roles:
+        if r.get("name") == "user":
+            if scope not in r.setdefault("scopes", ["self"]):
+                r["scopes"].append(scope)
+            break
+    else:
+        roles.append({"name": "user", "description": "Standard user privileges",
+                      "scopes": ["self", scope]})
+    c.JupyterHub.load_roles = roles
+
+
+def configure_enclave_service(c, *, state_dir, kinetic_url: str, public_url: str, reviewers: list[str],
+                              smtp_port: int, smtp_host: str = "127.0.0.1",
+                              mail_from: str = "Kinetic enclave <enclave@kinetic.invalid>",
+                              enclave_key_file: str | None = None, port: int = 10101,
+                              runner: str = "podman", required_approvals: int = 2,
+                              workspaces_root: str | None = None, db_url: str | None = None,
+                              reviewers_group: str = "reviewers", kinetic_cookie_name: str = "oxa",
+                              run_wall_seconds: int = 3600, step_limits: dict | None = None,
+                              show_run_logs_to_researchers: bool = False,
+                              mail_sink_dir: str | None = None,
+                              extra_env: dict | None = None) -> dict:
+    """Register the enclave service on JupyterHub config ``c``; returns the service entry.
+
+    ``reviewers``: hub user names (researcher uuids) of the output reviewers group.
+    ``enclave_key_file``: file with Kinetic's enclave key; only this service reads it (the key is
+    never put in the environment, the command line or a run). Without it, Kinetic sync and
+    real-data staging are off.
+    ``workspaces_root``: local backend only — the folder of workspace homes, ``<root>/<analysis id>``,
+    which lets the service snapshot a workspace itself (page submit, JSON submit).
+    ``mail_sink_dir``: demo only — also run a hub-managed SMTP sink (service ``mailsink``) on
+    ``smtp_host:smtp_port`` that writes every mail to this folder as ``.eml`` files.
+    """
+    state_dir = Path(state_dir).resolve()
+    env = {
+        "ENCLAVE_STATE_DIR": str(state_dir),
+        "ENCLAVE_KINETIC_URL": kinetic_url,
+        "ENCLAVE_KINETIC_COOKIE_NAME": kinetic_cookie_name,
+        "ENCLAVE_PUBLIC_URL": public_url.rstrip("/"),
+        "ENCLAVE_SMTP_HOST": smtp_host,
+        "ENCLAVE_SMTP_PORT": str(smtp_port or 0),
+        "ENCLAVE_MAIL_FROM": mail_from,
+        "ENCLAVE_REVIEWERS_GROUP": reviewers_group,
+        "ENCLAVE_REQUIRED_APPROVALS": str(required_approvals),
+        "ENCLAVE_RUNNER": runner,
+        "ENCLAVE_RUN_WALL_SECONDS": str(run_wall_seconds),
+        "ENCLAVE_STEP_LIMITS": json.dumps(step_limits or {}),
+        "ENCLAVE_SHOW_RUN_LOGS": "1" if show_run_logs_to_researchers else "0",
+    }
+    if enclave_key_file:
+        env["ENCLAVE_KINETIC_KEY_FILE"] = str(Path(enclave_key_file).resolve())
+    if workspaces_root:
+        env["ENCLAVE_WORKSPACES_ROOT"] = str(Path(workspaces_root).resolve())
+    if db_url:
+        env["ENCLAVE_DB_URL"] = db_url
+    # The hub starts the service in its own working directory: make this package importable
+    # whether it is installed or run from a checkout.
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    env.update({k: str(v) for k, v in (extra_env or {}).items()})
+
+    service = {
+        "name": SERVICE_NAME,
+        "url": f"http://127.0.0.1:{port}",
+        "command": [sys.executable, "-m", "enclave_service.app"],
+        "environment": env,
+        "oauth_no_confirm": True,
+        "display": True,
+        "info": {"description": "Submit analyses to the enclave; review and release outputs"},
+    }
+    services = list(c.JupyterHub.services) if "services" in c.JupyterHub else []
+    services = [s for s in services if s.get("name") != SERVICE_NAME]
+    services.append(service)
+    c.JupyterHub.services = services
+
+    if mail_sink_dir:
+        services = [s for s in c.JupyterHub.services if s.get("name") != "mailsink"]
+        services.append({"name": "mailsink", "environment": {"PYTHONPATH": env["PYTHONPATH"]},
+                         "command": [sys.executable, "-m", "enclave_service.mailsink", "--host", smtp_host,
+                                     "--port", str(smtp_port), "--dir", str(Path(mail_sink_dir).resolve())]})
+        c.JupyterHub.services = services
+
+    _append_role(c, {"name": "enclave-service",
+                     "description": "What the enclave service may read from the hub",
+                     "scopes": list(SERVICE_SCOPES), "services": [SERVICE_NAME]})
+    _grant_user_access(c, f"access:services!service={SERVICE_NAME}")
+
+    groups = dict(c.JupyterHub.load_groups) if "load_groups" in c.JupyterHub else {}
+    entry = groups.get(reviewers_group, {})
+    members = entry.get("users", []) if isinstance(entry, dict) else list(entry)
+    groups[reviewers_group] = {"users": sorted(set(members) | set(reviewers)),
+                               "properties": {"purpose": "enclave output review"}}
+    c.JupyterHub.load_groups = groups
+    return service
