@@ -9,7 +9,7 @@ STAMPS := .stamps
 PY := $(VENV)/bin/python
 # Debian packages the system needs: podman+runc (enclave runner), chromium (browser tests),
 # R + IR kernel (workspaces), openssh-server (SSH tests), zstd, debootstrap (enclave base image).
-APT_PACKAGES := podman runc chromium r-base-core r-cran-irkernel openssh-server zstd debootstrap \
+APT_PACKAGES := podman runc chromium r-base-core r-cran-irkernel openssh-server zstd debootstrap busybox-static \
                 uidmap slirp4netns fuse-overlayfs
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
