@@ -62,8 +62,22 @@ class HomePage(PageHandler):
                     .order_by(Run.created.desc()).limit(200)]
             return mine
         runs = await self.db.run(q)
-        self.render_page("index.html", caller=caller, runs=runs,
-                         can_submit=bool(self.service.config.workspaces_root))
+        can_submit = bool(self.service.config.workspaces_root)
+        analyses = await self.my_analyses(caller) if can_submit else []
+        self.render_page("index.html", caller=caller, runs=runs, can_submit=can_submit,
+                         analyses=analyses, chosen=self.get_argument("analysis", ""))
+
+    async def my_analyses(self, caller) -> list[dict]:
+        """The caller's analyses as Kinetic lists them, for the submit form (empty if Kinetic is down:
+        the form then takes an id, and the submit itself is still checked with Kinetic)."""
+        if not caller.sso:
+            return []
+        try:
+            found = await self.service.kinetic.list_analyses(caller.sso)
+        except Exception:  # noqa: BLE001 - a page must render even when Kinetic does not answer
+            self.log.warning("Kinetic did not list analyses for %s", caller.name)
+            return []
+        return [{"id": str(a.get("id")), "title": a.get("title", "")} for a in found]
 
     async def post(self):
         """Submit from the page (local backend: the service snapshots the workspace)."""

@@ -10,18 +10,25 @@ def _home(hub, analysis_id):
     return hub.state_dir / "workspaces" / str(analysis_id)
 
 
+def _homes(hub):
+    root = hub.state_dir / "workspaces"
+    return {p.name for p in root.iterdir()} if root.exists() else set()
+
+
 def test_a_researcher_cannot_open_another_researchers_analysis(hub):
     kat = hub.browser_session(KATHERINE)
-    r = kat.get(f"{hub.url}/hub/analysis/102", allow_redirects=False)
+    before = _homes(hub)
+    r = kat.get(f"{hub.url}/hub/analysis/103", allow_redirects=False)
     assert r.status_code == 404
     assert "not one of its researchers" in r.text
     assert hub.servers(KATHERINE) == {}
-    assert not _home(hub, 102).exists()
-    assert kat.get(f"{hub.url}/hub/analysis/102/progress").status_code == 404
+    assert _homes(hub) == before and "103" not in before  # no storage made
+    assert kat.get(f"{hub.url}/hub/analysis/103/progress").status_code == 404
 
 
 def test_the_rest_api_cannot_start_a_workspace_around_kinetic(hub):
     kat = hub.browser_session(KATHERINE)
+    before = _homes(hub)
     token = hub.api("POST", f"/users/{KATHERINE}/tokens", json={"note": "test"}).json()["token"]
     headers = {"Authorization": f"token {token}"}
     import requests
@@ -36,8 +43,8 @@ def test_the_rest_api_cannot_start_a_workspace_around_kinetic(hub):
     while "a-102" in hub.servers(KATHERINE):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert f"You are not a researcher on analysis 102" in hub.log()
-    assert not _home(hub, 102).exists()
+    assert "You are not a researcher on analysis 102" in hub.log()
+    assert _homes(hub) == before
     # and no server that is not an analysis workspace
     hub.api("POST", f"/users/{KATHERINE}/servers/scratch")
     time.sleep(1)
