@@ -140,3 +140,20 @@ def test_a_co_researcher_joins_the_running_workspace(hub):
     r = kat.get(f"{hub.url}/user/{ADA}/a-101/rstudio/", allow_redirects=True)
     assert "RStudio" not in r.text or r.status_code in (403, 404)
     hub.stop_workspace(ADA, "a-101")
+
+
+def test_two_open_analyses_keep_separate_sessions(hub):
+    """W5: the original set cookies for the whole domain, so a second analysis overwrote the first's
+    session. Each workspace here has its own path and its own path-scoped login cookie."""
+    ada = hub.browser_session(ADA)
+    first = hub.open_analysis(ada, 101)
+    second = hub.open_analysis(ada, 102)
+    assert "/a-101/" in first.url and "/a-102/" in second.url
+    cookie_paths = {c.path for c in ada.cookies if c.name.startswith("jupyterhub-user-")}
+    assert any(p.endswith("/a-101/") for p in cookie_paths) and any(p.endswith("/a-102/") for p in cookie_paths)
+    for _ in range(2):  # alternate: neither session knocks the other out
+        for url, marker in ((first.url, "a-101"), (second.url, "a-102")):
+            r = ada.get(url, allow_redirects=False)
+            assert r.status_code == 200 and "RStudio" in r.text, (marker, r.status_code)
+    hub.stop_workspace(ADA, "a-101")
+    hub.stop_workspace(ADA, "a-102")
