@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httpserver import HTTPServer
-from traitlets import Bool, Dict, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Application
 
 from .db import Database
@@ -162,6 +162,30 @@ class EnclaveService(Application):
     def _mab(self):
         return int(_env("MAX_ARCHIVE_BYTES", str(200 * 2**20)))
 
+    retention_days = Float(config=True, help="""Days a finished run's stored code archive and outputs
+        are kept (counted from its final state); then they are deleted and the deletion is recorded
+        in the run's timeline. The database rows (the audit trail) are never deleted. 0 keeps them
+        forever. $ENCLAVE_RETENTION_DAYS, default 30.""")
+
+    @default("retention_days")
+    def _rd(self):
+        return float(_env("RETENTION_DAYS", "30"))
+
+    release_retention_days = Float(config=True, help="""Days the release zip of a released run stays
+        downloadable (counted from the release); then it is deleted and a download answers 410
+        Gone. 0 keeps it forever. $ENCLAVE_RELEASE_RETENTION_DAYS, default 90.""")
+
+    @default("release_retention_days")
+    def _rrd(self):
+        return float(_env("RELEASE_RETENTION_DAYS", "90"))
+
+    prune_interval_seconds = Float(config=True, help="""How often the janitor deletes what the retention
+        periods no longer cover (it also runs at start-up). $ENCLAVE_PRUNE_INTERVAL_SECONDS, default 3600.""")
+
+    @default("prune_interval_seconds")
+    def _pis(self):
+        return float(_env("PRUNE_INTERVAL_SECONDS", "3600"))
+
     ip = Unicode(config=True, help="Listen address (default: from JUPYTERHUB_SERVICE_URL).")
     port = Integer(config=True, help="Listen port (default: from JUPYTERHUB_SERVICE_URL).")
 
@@ -192,7 +216,10 @@ class EnclaveService(Application):
             return PodmanRunner(parent=self)
         if name == "ec2":
             from .runners.ec2 import EC2Runner
-            return EC2Runner(parent=self)
+            runner = EC2Runner(parent=self)
+            if "ssh_key_dir" not in self.config.get("EC2Runner", {}):
+                runner.ssh_key_dir = str(Path(self.state_dir) / "run-ssh-keys")  # beside the service's state
+            return runner
         module, _, cls = name.partition(":")
         import importlib
         return getattr(importlib.import_module(module), cls)(parent=self)
@@ -219,7 +246,8 @@ class EnclaveService(Application):
         pipeline = Pipeline(db=db, runs_dir=state / "runs", kinetic=sync, runner=self.make_runner(),
                             mailer=mailer, public_url=self.public_url, service_prefix=self.service_prefix,
                             limits=self.step_limits, run_limits=RunLimits(wall_seconds=self.run_wall_seconds),
-                            max_parallel=self.max_parallel_runs)
+                            max_parallel=self.max_parallel_runs, retention_days=self.retention_days,
+                            release_retention_days=self.release_retention_days)
         service = Service(self, db, pipeline, client)
         return service
 
@@ -238,6 +266,7 @@ class EnclaveService(Application):
         resumed = await service.pipeline.resume_all()
         if resumed:
             log.info("resumed %d run(s) after start-up", len(resumed))
+        service.pipeline.start_janitor(self.prune_interval_seconds)   # W7: retention, in the background
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -4,7 +4,10 @@ The instance sits in a private subnet (no public IP), requires IMDSv2 with a hop
 1 and gets no instance profile, so a run has nothing to steal even if it escaped its
 ``--network none``. Its user data holds no secret, only a dead man's switch (``shutdown -h``
 with ``InstanceInitiatedShutdownBehavior=terminate``) so it ends itself if the hub never
-returns. The hub reaches it over SSH with a *pinned* host key (``host_key_source``).
+returns. The hub reaches it over SSH with a *pinned* host key (``host_key_source``), and logs in
+with a key pair made for that run alone (W3: the original shared one SSH key across every
+instance): only the public half travels, in the user data; the private half stays with the
+service (``ssh_key_dir``, mode 0600) and is deleted when the instance is terminated.
 
 The instance is terminated on every outcome (W7): after finalize (success or failure),
 after a time-out, and when any step raises. It is found again by its tags
@@ -18,6 +21,7 @@ import functools
 import io
 import json
 import math
+import os
 import posixpath
 import shlex
 import tarfile
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import asyncssh
 from aiobotocore.session import get_session
-from traitlets import Any, Dict, Float, Int, List, Unicode
+from traitlets import Any, Bool, Dict, Float, Int, List, Unicode
 
 from ..container import APP, ContainerSpec, parse_inspect, stage_job
 from . import JobState, RunJob, Runner, RunnerError, RunResult, truncate_logs, with_backoff
@@ -91,7 +95,13 @@ class EC2Runner(Runner):
     extra_tags = Dict(config=True, help="More tags on every run host (e.g. cost centre).")
     ssh_username = Unicode("admin", config=True, help="SSH user on the run host.")
     ssh_port = Int(22, config=True, help="SSH port on the run host.")
-    ssh_client_key_path = Unicode("", config=True, help="Private key the hub authenticates with.")
+    ssh_client_key_path = Unicode("", config=True, help="""Private key the hub authenticates with
+        when ``per_run_ssh_keys`` is off (one key for every run host: not recommended).""")
+    per_run_ssh_keys = Bool(True, config=True, help="""Make an SSH key pair for each run: its public
+        key is written to the run host's authorized_keys by the user data, its private key is kept in
+        ``ssh_key_dir`` only until the host is terminated. A key stolen from one host opens no other.""")
+    ssh_key_dir = Unicode("state/enclave/run-ssh-keys", config=True, help="""Folder (made 0700) for the
+        private halves of per-run SSH keys; kept on disk so a restarted service can reach its hosts.""")
     host_key_source = Any(
         console_host_key, config=True,
         help="""async callable(runner, instance) -> 'type base64' host public key to pin.
@@ -131,13 +141,41 @@ class EC2Runner(Runner):
                 "Name": f"kinetic-run-{job.run_id}", **self.extra_tags}
         return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
 
+    def _key_path(self, job: RunJob) -> Path:
+        return Path(self.ssh_key_dir) / f"{job.run_id}.key"
+
+    def run_key(self, job: RunJob, create: bool = False):
+        """This run's SSH client key (made on first use when ``create``), or None."""
+        path = self._key_path(job)
+        if path.exists():
+            return asyncssh.read_private_key(str(path))
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = asyncssh.generate_private_key("ssh-ed25519", comment=f"kinetic-run-{job.run_id}")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.export_private_key())
+        os.replace(tmp, path)
+        return key
+
     def user_data(self, job: RunJob) -> str:
         minutes = math.ceil(job.limits.wall_seconds / 60) + self.self_destruct_margin_minutes
-        return ("#!/bin/sh\n"
-                "# Kinetic enclave run host. Holds no secret (user data is readable via IMDS\n"
-                "# and DescribeInstanceAttribute). Dead man's switch: power off, which\n"
-                "# terminates this instance, even if the hub never comes back.\n"
-                f"shutdown -h +{minutes}\n")
+        lines = ["#!/bin/sh",
+                 "# Kinetic enclave run host. Holds no secret (user data is readable via IMDS",
+                 "# and DescribeInstanceAttribute). Dead man's switch: power off, which",
+                 "# terminates this instance, even if the hub never comes back.",
+                 f"shutdown -h +{minutes}"]
+        if self.per_run_ssh_keys:
+            pub = self.run_key(job, create=True).export_public_key().decode().strip()
+            user = shlex.quote(self.ssh_username)
+            lines += ["# The only key that may log in: this run's (a public key, not a secret).",
+                      f"home=$(getent passwd {user} | cut -d: -f6)",
+                      'install -d -m 700 "$home/.ssh"',
+                      f"printf '%s\\n' {shlex.quote(pub)} > \"$home/.ssh/authorized_keys\"",
+                      f'chmod 600 "$home/.ssh/authorized_keys"; chown -R {user}: "$home/.ssh"']
+        return "\n".join(lines) + "\n"
 
     def launch_params(self, job: RunJob) -> dict:
         params = {
@@ -197,6 +235,8 @@ class EC2Runner(Runner):
             async with self._ec2() as ec2:
                 await ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
             self.log.info("run %s: terminated %s", job.run_id, inst["InstanceId"])
+        # the host is gone, so is any use for its key
+        self._key_path(job).unlink(missing_ok=True)
 
     async def reap_orphans(self, active_run_ids: set[str]) -> list[str]:
         """Terminate this hub's run hosts whose run the service no longer tracks."""
@@ -225,7 +265,13 @@ class EC2Runner(Runner):
         key = (await self.host_key_source(self, inst)).strip()
         pattern = host if port == 22 else f"[{host}]:{port}"
         known = asyncssh.import_known_hosts(f"{pattern} {key}\n")     # pinned, never None
-        client_keys = [self.ssh_client_key_path] if self.ssh_client_key_path else None
+        run_key = self.run_key(job) if self.per_run_ssh_keys else None
+        if run_key is not None:
+            client_keys = [run_key]
+        elif self.ssh_client_key_path:
+            client_keys = [self.ssh_client_key_path]
+        else:
+            raise RunnerError(f"run {job.run_id}: no SSH key to reach its host")
 
         async def once():
             return await asyncssh.connect(host, port, username=self.ssh_username,

@@ -63,8 +63,42 @@ async def network(moto_url, aws_env):
     return {"ami": ami, "subnet": subnet, "sg": sg}
 
 
+async def keys_from_live_user_data(moto_url) -> set[str]:
+    """What cloud-init would have put in authorized_keys: the public keys that the user data of
+    each live run host writes."""
+    keys = set()
+    async with ec2_client(moto_url) as ec2:
+        resp = await ec2.describe_instances(
+            Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+        for inst in (i for r in resp["Reservations"] for i in r["Instances"]):
+            ud = (await ec2.describe_instance_attribute(
+                InstanceId=inst["InstanceId"], Attribute="userData"))["UserData"].get("Value", "")
+            for line in base64.b64decode(ud).decode().splitlines():
+                if "ssh-ed25519 " in line:
+                    keys.add(line.split("ssh-ed25519 ", 1)[1].split()[0])
+    return keys
+
+
+class InstanceSSHServer(asyncssh.SSHServer):
+    """Accepts a client key only if a live instance's user data authorized it (as cloud-init
+    does), or the fixture's fallback key."""
+
+    def __init__(self, moto_url, fallback):
+        self.moto_url, self.fallback = moto_url, fallback
+
+    def begin_auth(self, username):
+        return True
+
+    def public_key_auth_supported(self):
+        return True
+
+    async def validate_public_key(self, username, key):
+        blob = key.export_public_key().decode().split()[1]
+        return blob == self.fallback or blob in await keys_from_live_user_data(self.moto_url)
+
+
 @pytest_asyncio.fixture(loop_scope="function")
-async def fake_instance_sshd(tmp_path):
+async def fake_instance_sshd(tmp_path, moto_url):
     """asyncssh server on 127.0.0.1 running each command locally, docker shim on PATH."""
     shim_dir = tmp_path / "shim"
     shim_dir.mkdir()
@@ -100,10 +134,9 @@ async def fake_instance_sshd(tmp_path):
         feeder.cancel()
         process.exit(rc)
 
+    fallback = client_key.export_public_key().decode().split()[1]
     server = await asyncssh.create_server(
-        asyncssh.SSHServer, "127.0.0.1", 0, server_host_keys=[host_key],
-        authorized_client_keys=asyncssh.import_authorized_keys(
-            client_key.export_public_key().decode()),
+        lambda: InstanceSSHServer(moto_url, fallback), "127.0.0.1", 0, server_host_keys=[host_key],
         process_factory=handle, sftp_factory=True, encoding=None)
     port = server.sockets[0].getsockname()[1]
     pub = host_key.export_public_key().decode().strip()
@@ -119,12 +152,14 @@ def ec2_runner(moto_url, network, fake_instance_sshd, tmp_path):
         return sshd["host_pub"]   # production: console_host_key (cloud-init console lines)
 
     def make(**kw):
+        kw.setdefault("ssh_client_key_path", sshd["client_key"])
         return EC2Runner(
             endpoint_url=moto_url, image_id=network["ami"], subnet_id=network["subnet"],
             security_group_ids=[network["sg"]], hub_name=HUB, ssh_username="admin",
-            ssh_client_key_path=sshd["client_key"], host_key_source=pinned_key,
+            host_key_source=pinned_key,
             connect_address=lambda inst: ("127.0.0.1", sshd["port"]),
             docker_command=["docker"], remote_sudo=[], remote_root=str(tmp_path / "remote"),
+            ssh_key_dir=str(tmp_path / "run-keys"),
             poll_interval=0.2, stop_grace_seconds=1, **kw)
     return make
 
@@ -274,3 +309,30 @@ async def _rm(job):
     proc = await asyncio.create_subprocess_exec("podman", "rm", "-f", "-t", "0", "--ignore", job.container_name,
                                                 stdout=asyncio.subprocess.DEVNULL)
     await proc.wait()
+
+
+async def test_each_run_host_gets_its_own_ssh_key(ec2_runner, busybox_image, make_job, moto_url,
+                                                fake_instance_sshd, tmp_path):
+    """W3: one SSH key shared by every instance in the original. Here each run's host authorizes a
+    key made for that run; its private half never leaves the service and dies with the host."""
+    runner = ec2_runner(ssh_client_key_path="")      # no shared key to fall back on
+    jobs = [make_job(busybox_image, "echo one", kind="sh"), make_job(busybox_image, "echo two", kind="sh")]
+    pubs = []
+    for job in jobs:
+        await runner.prepare(job)
+        ud = runner.user_data(job)
+        assert "PRIVATE KEY" not in ud
+        pubs.append(runner.run_key(job).export_public_key().decode().split()[1])
+        assert pubs[-1] in ud
+        key_file = tmp_path / "run-keys" / f"{job.run_id}.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+    assert pubs[0] != pubs[1]
+    for job in jobs:
+        await runner.execute(job)
+        assert (await runner.wait(job)).succeeded       # it logged in with its own key
+        assert not (tmp_path / "run-keys" / f"{job.run_id}.key").exists()   # gone with the host
+    # a terminated host's key is no longer authorized anywhere
+    assert pubs[0] not in await keys_from_live_user_data(moto_url)
+    for job in jobs:
+        await runner.cleanup(job)
+        await _rm(job)
