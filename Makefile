@@ -33,8 +33,9 @@ system-deps:
 $(STAMPS)/venv: setup.cfg pyproject.toml
 	@mkdir -p $(STAMPS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip >/dev/null
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@# this machine's pip config names extra local indexes that may be absent: drop that chatter only
+	set -o pipefail; $(PY) -m pip install -q -e '.[test]' 2>&1 | { grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true; }
 	@touch $@
 
 $(STAMPS)/node: package.json
