@@ -32,6 +32,7 @@ from kinetic_auth.kinetic import KineticError
 from . import db as dbm
 from .db import Release, Review, Run, State
 from .pipeline import run_to_dict
+from .retention import RELEASE_DELETED, days_words, release_missing
 from .review import ReviewError, record_review, visible_reviews
 
 log = logging.getLogger("enclave.api")
@@ -178,7 +179,8 @@ def run_detail(run: dict, events: list, reviews: list, role: str, caller: Caller
         "output_report": json.loads(run["output_report"]) if run["output_report"] else None,
         "review": review,
         "kinetic": {"run_id": run["kinetic_run_id"], "completed": run["kinetic_completed"]},
-        "downloadable": run["state"] == State.RELEASED.value and role in ("author", "researcher"),
+        "downloadable": run["state"] == State.RELEASED.value and role in ("author", "researcher")
+        and not any(e["kind"] == RELEASE_DELETED for e in events),
     })
     if role == "reviewer" or show_logs_to_researchers:
         out["logs"] = run["logs"]
@@ -382,18 +384,29 @@ class DownloadHandler(BaseHandler):
             rel = session.get(Release, run_id)
             if rel is None:
                 return None
+            if release_missing(rel.path):    # deleted by the retention janitor (stat on the db thread)
+                return "gone"
             session.add(dbm.Download(run_id=run_id, user=caller.name, ip=ip))
             dbm.add_event(session, run_id, "download", "The release was downloaded.", actor=caller.name)
             return rel.path, rel.sha256, rel.bytes
         rel = await self.db.run(tx)
         if rel is None:
             raise web.HTTPError(409, "this run has no release file")
-        path, sha, size = rel
+        path, sha, size = rel if rel != "gone" else ("", "", 0)
+        try:
+            f = open(path, "rb") if path else None
+        except FileNotFoundError:
+            f = None
+        if f is None:
+            days = days_words(self.pipeline.release_retention_days)
+            raise web.HTTPError(410, f"the released outputs of this run were deleted after {days} "
+                                "(retention); they can no longer be downloaded. The run's record and "
+                                "its manifest are kept; submit the analysis again to get new outputs")
         self.set_header("Content-Type", "application/zip")
         self.set_header("Content-Disposition", f'attachment; filename="enclave-run-{run_id}.zip"')
         self.set_header("Content-Length", str(size))
         self.set_header("X-Content-SHA256", sha)
-        with open(path, "rb") as f:
+        with f:
             while True:
                 chunk = await asyncio.to_thread(f.read, 1 << 20)
                 if not chunk:

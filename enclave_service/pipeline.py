@@ -61,7 +61,9 @@ class Pipeline:
     def __init__(self, *, db: Database, runs_dir: Path, kinetic, runner, mailer, public_url: str,
                  service_prefix: str = "/services/enclave/", limits: dict | None = None,
                  archive_limits=None, run_limits=None, output_rules=None, max_parallel: int = 2,
-                 ensure_base_image=None, build_image=None, run_command=None):
+                 ensure_base_image=None, build_image=None, run_command=None, remove_image=None,
+                 retention_days: float = 30, release_retention_days: float = 90):
+        from . import retention
         self.db = db
         self.runs_dir = Path(runs_dir)
         self.kinetic = kinetic          # KineticSync (the real-data client is kinetic.client)
@@ -75,6 +77,11 @@ class Pipeline:
         self.run_command = run_command
         self._ensure_base_image = ensure_base_image
         self._build_image = build_image
+        self.remove_image = remove_image or retention.default_remove_image
+        self.image_guard = retention.ImageGuard()   # builds vs. removal of a shared image
+        self.retention_days = retention_days
+        self.release_retention_days = release_retention_days
+        self.janitor_task: asyncio.Task | None = None
         run_wall = getattr(run_limits, "wall_seconds", 3600)
         # The runner stops the container at its wall-clock limit; the step's limit adds a margin
         # for image start, log collection and clean-up.
@@ -170,10 +177,24 @@ class Pipeline:
             if known.get(data.parent.name) not in needs_data:
                 await asyncio.to_thread(shutil.rmtree, data, True)
 
+    async def prune(self, now: float | None = None) -> dict:
+        """Delete the archives, outputs and (later) release zips of runs finished long ago; see
+        :mod:`enclave_service.retention`. The database rows stay as the audit trail."""
+        from .retention import prune
+        return await prune(self, now)
+
+    def start_janitor(self, interval: float) -> asyncio.Task:
+        """Prune now and every ``interval`` seconds in the background."""
+        from .retention import janitor
+        if self.janitor_task is None or self.janitor_task.done():
+            self.janitor_task = asyncio.create_task(janitor(self, interval), name="enclave-janitor")
+        return self.janitor_task
+
     async def stop(self) -> None:
-        for task in list(self.tasks.values()):
+        tasks = list(self.tasks.values()) + ([self.janitor_task] if self.janitor_task else [])
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def load(self, run_id: str) -> dict | None:
         def q(session):
@@ -316,11 +337,12 @@ class Pipeline:
         async with self._base_lock:
             if self.base_image is None:
                 self.base_image = await ensure()
-        try:
-            tag = await build(self.code_dir(run_id), self.base_image)
-        except Exception as e:
-            raise StepFailed(f"The analysis image could not be built: {e}") from None
-        await self.update(run_id, image=tag)
+        async with self.image_guard:   # a finished run sharing the tag cannot remove it meanwhile
+            try:
+                tag = await build(self.code_dir(run_id), self.base_image)
+            except Exception as e:
+                raise StepFailed(f"The analysis image could not be built: {e}") from None
+            await self.update(run_id, image=tag)
         staged = await self.stage_data(run)
         return f"Image {tag} built; {staged} real data file(s) staged."
 
@@ -392,15 +414,25 @@ class Pipeline:
 
     async def cleanup_run(self, run: dict) -> None:
         """After the run (finished, failed, withdrawn): remove its container and the staged real
-        data. The real data never outlives the run that needed it."""
-        if self.runner is not None and run.get("image"):
+        data. The real data never outlives the run that needed it. Once the run is in a final
+        state, its code folder and its image go too (the image only when no unfinished run shares
+        it). Idempotent; failures are logged, never raised."""
+        from .retention import cleanup_finished
+        try:
+            current = await self.load(run["id"]) or run
+        except Exception:
+            log.exception("run %s: could not read its state for clean-up", run["id"])
+            current = run
+        if self.runner is not None and current.get("image"):
             try:
-                await self.runner.cleanup(self.make_job(run))
+                await self.runner.cleanup(self.make_job(current))
             except Exception:
                 log.exception("run %s: runner cleanup failed", run["id"])
         for d in (self.data_dir(run["id"]), self.run_dir(run["id"]) / "data.partial"):
             if d.exists():
                 await asyncio.to_thread(shutil.rmtree, d, True)
+        if State(current["state"]).terminal:
+            await cleanup_finished(self, run["id"], current.get("image") or "")
 
     async def released_hashes(self, analysis_id: str) -> frozenset:
         def q(session):
@@ -438,10 +470,16 @@ class Pipeline:
 
     # -- after a terminal state ---------------------------------------------------------------
     async def finish(self, run_id: str) -> None:
-        """Side effects of a final state, each once: Kinetic upload + completion, mail."""
+        """Side effects of a final state, each once: Kinetic upload + completion, mail; then the
+        run's container, code folder and image are removed."""
         run = await self.load(run_id)
         if run is None or not State(run["state"]).terminal:
             return
+        await self._report_end(run)
+        await self.cleanup_run(run)
+
+    async def _report_end(self, run: dict) -> None:
+        run_id = run["id"]
         state = State(run["state"])
         if self.kinetic.enabled and run["kinetic_run_key"] and not run["kinetic_completed"]:
             status = "success" if state == State.RELEASED else "failure"
