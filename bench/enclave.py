@@ -9,8 +9,7 @@
 
     make bench        (or: .venv/bin/python -m bench enclave)
 
-BENCH_RUNS (3), BENCH_ARCHIVE_MB (64) and BENCH_POLL_INTERVAL (the runner's status poll; default the
-service's 1 s) change the set-up.
+BENCH_RUNS (3) and BENCH_ARCHIVE_MB (64) change the set-up.
 """
 from __future__ import annotations
 
@@ -61,9 +60,7 @@ async def _pipeline_runs(tmp: Path):
     (home / "kinetic" / "output").mkdir(parents=True)
     (home / "kinetic" / "main.r").write_text(MAIN_R.format(nonce=uuid.uuid4().hex))  # new code: new image
     db = Database(f"sqlite:///{tmp / 'enclave.sqlite'}")
-    runner = PodmanRunner()                    # as the service makes it (status poll every 1 s)
-    if os.environ.get("BENCH_POLL_INTERVAL"):
-        runner.poll_interval = float(os.environ["BENCH_POLL_INTERVAL"])
+    runner = PodmanRunner()                    # as the service makes it (`podman wait` for the exit)
     p = Pipeline(db=db, runs_dir=tmp / "runs", kinetic=KineticSync(None), runner=runner, mailer=None,
                  public_url="http://bench.invalid", max_parallel=1)
     results = []
@@ -114,19 +111,19 @@ async def _pipeline_runs(tmp: Path):
         await p.finish(res_id)
     removed = not await image_exists(image)
     db.close()
-    return results, bare, bare_r, base, image, removed, runner.poll_interval
+    return results, bare, bare_r, base, image, removed
 
 
 def bench_pipeline():
     with tempfile.TemporaryDirectory(prefix="bench-enclave-") as tmp:
-        results, bare, bare_r, base, image, removed, poll = asyncio.run(_pipeline_runs(Path(tmp)))
+        results, bare, bare_r, base, image, removed = asyncio.run(_pipeline_runs(Path(tmp)))
     first, cached = results[0], results[1:]
     tot = statistics.median(r["total"] for r in cached)
     rt = statistics.median(r["r"] for r in cached)
     over = statistics.median(r["total"] - r["r"] for r in cached)
     b = statistics.median(bare)
     print(f"(a) submit -> outputs checked, trivial R analysis, real Pipeline + PodmanRunner (no hub, no Kinetic),")
-    print(f"    base image {base} cached; {RUNS} cached runs, medians; runner status poll every {poll:g} s")
+    print(f"    base image {base} cached; {RUNS} cached runs, medians; the runner sees the exit via `podman wait`")
     print(f"    first run (builds the analysis image): total {first['total']:.2f} s, R itself {first['r']:.2f} s, "
           f"overhead {first['total'] - first['r']:.2f} s")
     totals = ", ".join(f"{r['total']:.2f}" for r in cached)

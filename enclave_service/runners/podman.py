@@ -48,7 +48,8 @@ class PodmanRunner(Runner):
         True, config=True,
         help="""chown the staged code and data copies to uid 1010 so the run can read them
         (mounts stay read-only). Turn off if the service stages them readable already.""")
-    poll_interval = Float(1.0, config=True, help="Seconds between status checks in wait().")
+    poll_interval_max = Float(30.0, config=True, help="""Longest wait() blocks in `podman wait` before it
+        re-inspects the container (to enforce the wall-clock limit). The exit itself is seen at once.""")
     stop_grace_seconds = Int(
         5, config=True, help="Seconds between SIGTERM and SIGKILL when a run is stopped.")
     sigkill_means_oom = Bool(
@@ -141,7 +142,15 @@ class PodmanRunner(Runner):
                 self._stopped_for_time.add(job.run_id)
                 await self.terminate(job)
                 continue
-            await asyncio.sleep(min(self.poll_interval, remaining))
+            await self._until_exit(job, min(self.poll_interval_max, remaining))
+
+    async def _until_exit(self, job: RunJob, timeout: float) -> None:
+        """Return as soon as the container exits (``podman wait``), or after ``timeout``:
+        no polling delay on the hot path, and the caller re-checks the wall clock in between."""
+        try:
+            await run_cmd(self._base() + ["wait", job.container_name], timeout)
+        except (asyncio.TimeoutError, RunnerError, OSError):
+            pass  # the loop inspects the container again either way
 
     async def finalize(self, job: RunJob) -> RunResult:
         cs = await self._inspect(job)

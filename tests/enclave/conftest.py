@@ -100,7 +100,7 @@ def make_job(tmp_path):
 async def podman_runner():
     """A PodmanRunner that removes every container it was asked about at teardown."""
     from enclave_service.runners.podman import PodmanRunner
-    runner = PodmanRunner(poll_interval=0.2, stop_grace_seconds=1)
+    runner = PodmanRunner(stop_grace_seconds=1)
     jobs = []
     orig = runner.prepare
 

@@ -237,7 +237,7 @@ async def test_finalize_after_service_restart(busybox_image, make_job, podman_ru
     job = make_job(busybox_image, "echo before-restart; exit 5", kind="sh")
     await podman_runner.prepare(job)
     await podman_runner.execute(job)
-    fresh = PodmanRunner(poll_interval=0.2)          # the service restarted: no memory
+    fresh = PodmanRunner()          # the service restarted: no memory
     for _ in range(100):
         if await fresh.get_status(job) is JobState.EXITED:
             break
