@@ -17,7 +17,7 @@ import requests
 
 from kinetic_auth.standin.seed import ADA
 from tests.hub import FAKE_RSERVER_DIR, running_hub
-from tests.support import free_port, running_standin, stop_process, test_env, wait_for_http
+from tests.support import free_port, running_standin, stop_process, test_env
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 

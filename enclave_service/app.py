@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httpserver import HTTPServer
-from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, Unicode, default
 from traitlets.config import Application
 
 from .db import Database

@@ -17,6 +17,7 @@ import random
 import re
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from traitlets.config import LoggingConfigurable
@@ -169,9 +170,32 @@ class Runner(LoggingConfigurable, metaclass=_RunnerMeta):
     async def get_status(self, job: RunJob) -> JobState:
         """Where the run is, read from the engine (survives a service restart)."""
 
-    @abstractmethod
     async def wait(self, job: RunJob) -> RunResult:
-        """Wait for the run to end, stopping it at ``limits.wall_seconds`` (timed_out)."""
+        """Wait for the run to end, stopping it at ``limits.wall_seconds`` (timed_out), then finalize.
+
+        The deadline counts from the container's own start time (read from the engine), so it
+        holds across service restarts. Runners supply ``_inspect``, ``_stop_at_time_limit`` and
+        (to see the exit without polling) ``_until_exit``."""
+        while True:
+            cs = await self._inspect(job)
+            if cs is None:
+                raise RunnerError(f"run {job.run_id}: container is gone")
+            if cs.state is JobState.EXITED:
+                return await self.finalize(job)
+            if cs.state is JobState.PREPARED:
+                raise RunnerError(f"run {job.run_id}: wait() before execute()")
+            started = cs.started_at or datetime.now(timezone.utc)
+            remaining = job.limits.wall_seconds - (datetime.now(timezone.utc) - started).total_seconds()
+            if remaining <= 0:
+                self.log.warning("run %s: wall-clock limit reached, stopping", job.run_id)
+                self._stopped_for_time.add(job.run_id)
+                await self._stop_at_time_limit(job)
+                continue
+            await self._until_exit(job, remaining)
+
+    async def _until_exit(self, job: RunJob, timeout: float) -> None:
+        """Return when the run may have exited, at the latest after ``timeout`` seconds."""
+        await asyncio.sleep(min(self.poll_interval, timeout))
 
     @abstractmethod
     async def finalize(self, job: RunJob) -> RunResult:

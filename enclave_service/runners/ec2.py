@@ -26,7 +26,6 @@ import posixpath
 import shlex
 import tarfile
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import asyncssh
@@ -371,20 +370,11 @@ class EC2Runner(Runner):
 
     @_terminates_on_error
     async def wait(self, job: RunJob) -> RunResult:
-        while True:
-            cs = await self._inspect(job)
-            if cs is None:
-                raise RunnerError(f"run {job.run_id}: container is gone")
-            if cs.state is JobState.EXITED:
-                return await self.finalize(job)
-            started = cs.started_at or datetime.now(timezone.utc)
-            remaining = job.limits.wall_seconds - (datetime.now(timezone.utc) - started).total_seconds()
-            if remaining <= 0:
-                self._stopped_for_time.add(job.run_id)
-                await self._docker(job, "stop", "--time", str(self.stop_grace_seconds),
-                                   job.container_name, check=False)
-                continue
-            await asyncio.sleep(min(self.poll_interval, remaining))
+        return await super().wait(job)
+
+    async def _stop_at_time_limit(self, job: RunJob) -> None:
+        await self._docker(job, "stop", "--time", str(self.stop_grace_seconds), job.container_name,
+                           check=False)
 
     @_terminates_on_error
     async def finalize(self, job: RunJob) -> RunResult:

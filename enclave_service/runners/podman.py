@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
 
 from traitlets import Bool, Float, Int, Unicode
 
@@ -124,31 +123,14 @@ class PodmanRunner(Runner):
         cs = await self._inspect(job)
         return cs.state if cs else JobState.UNKNOWN
 
-    async def wait(self, job: RunJob) -> RunResult:
-        while True:
-            cs = await self._inspect(job)
-            if cs is None:
-                raise RunnerError(f"run {job.run_id}: container is gone")
-            if cs.state is JobState.EXITED:
-                return await self.finalize(job)
-            if cs.state is JobState.PREPARED:
-                raise RunnerError(f"run {job.run_id}: wait() before execute()")
-            # The deadline counts from the container's own start time, so it holds across
-            # service restarts.
-            started = cs.started_at or datetime.now(timezone.utc)
-            remaining = job.limits.wall_seconds - (datetime.now(timezone.utc) - started).total_seconds()
-            if remaining <= 0:
-                self.log.warning("run %s: wall-clock limit reached, stopping", job.run_id)
-                self._stopped_for_time.add(job.run_id)
-                await self.terminate(job)
-                continue
-            await self._until_exit(job, min(self.poll_interval_max, remaining))
+    async def _stop_at_time_limit(self, job: RunJob) -> None:
+        await self.terminate(job)
 
     async def _until_exit(self, job: RunJob, timeout: float) -> None:
         """Return as soon as the container exits (``podman wait``), or after ``timeout``:
         no polling delay on the hot path, and the caller re-checks the wall clock in between."""
         try:
-            await run_cmd(self._base() + ["wait", job.container_name], timeout)
+            await run_cmd(self._base() + ["wait", job.container_name], min(self.poll_interval_max, timeout))
         except (asyncio.TimeoutError, RunnerError, OSError):
             pass  # the loop inspects the container again either way
 

@@ -7,8 +7,6 @@ module that uses it (one per session), because starting it and building images c
 """
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import secrets
 import signal

@@ -95,6 +95,7 @@ async def test_file_size_limit(busybox_image, make_job, podman_runner):
                    kind="sh", file_size_mb=4)
     res = await run(podman_runner, job)
     assert (job.output_dir / "big").stat().st_size <= 4 * 1024 * 1024
+    assert "dd=0" not in res.logs  # dd was stopped by the limit, it did not finish
 
 
 async def test_fork_bomb_is_contained(busybox_image, make_job, podman_runner):
