@@ -48,6 +48,7 @@ class Caller:
     sso: str = ""
     email: str = ""
     reviewer: bool = False
+    display: str = ""              # "Ada Lovelace" from Kinetic's profile; pages show it, not the uuid
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -85,7 +86,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 c.groups = full.get("groups") or []
                 state = full.get("auth_state") or {}
                 c.sso = state.get("sso_cookie", "")
-                c.email = (state.get("profile") or {}).get("email", "")
+                profile = state.get("profile") or {}
+                c.email = profile.get("email", "")
+                c.display = " ".join(filter(None, (profile.get("first_name"), profile.get("last_name"))))
                 c.reviewer = self.service.config.reviewers_group in c.groups
             self._caller = c
         return self._caller
