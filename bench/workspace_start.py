@@ -17,7 +17,7 @@ import requests
 
 from kinetic_auth.standin.seed import ADA
 from tests.hub import FAKE_RSERVER_DIR, running_hub
-from tests.support import free_port, running_standin, stop_process, test_env
+from tests.support import free_port, running_standin, stop_process, child_env
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 
@@ -25,7 +25,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 def bare_singleuser_start(home: Path, hub_api: str) -> float:
     """Time for `jupyterhub-singleuser` alone to answer HTTP: the lower bound for any spawner."""
     port = free_port()
-    env = test_env(HOME=str(home), JUPYTERHUB_SERVICE_PREFIX="/user/bench/", JUPYTERHUB_API_TOKEN="x",
+    env = child_env(HOME=str(home), JUPYTERHUB_SERVICE_PREFIX="/user/bench/", JUPYTERHUB_API_TOKEN="x",
                    JUPYTERHUB_API_URL=hub_api, JUPYTERHUB_USER="bench",
                    JUPYTERHUB_CLIENT_ID="jupyterhub-user-bench", JUPYTERHUB_OAUTH_CALLBACK_URL="/x",
                    JUPYTERHUB_BASE_URL="/", JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{port}/user/bench/")

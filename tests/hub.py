@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from .support import ROOT, free_port, start_process, stop_process, test_env, wait_for_http
+from .support import ROOT, free_port, start_process, stop_process, child_env, wait_for_http
 
 FAKE_RSERVER_DIR = ROOT / "tests" / "bin"
 
@@ -42,7 +42,7 @@ class Hub:
         extra = state_dir / "extra_config.py"
         extra.write_text(EXTRA_CONFIG)
         path_prefix = f"{FAKE_RSERVER_DIR}:" if rstudio else ""
-        self.env = test_env(
+        self.env = child_env(
             KINETIC_STATE_DIR=state_dir, KINETIC_HUB_PORT=self.port, KINETIC_HUB_API_PORT=free_port(),
             KINETIC_PROXY_API_PORT=free_port(), KINETIC_URL=standin.url, KINETIC_EXTRA_CONFIG=extra,
             KINETIC_ENCLAVE_PORT=free_port(), KINETIC_SMTP_PORT=free_port(),

@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_env(**extra) -> dict:
+def child_env(**extra) -> dict:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(ROOT / "node_modules" / ".bin"), str(VENV_BIN), env.get("PATH", "")])
     env.update({k: str(v) for k, v in extra.items()})
@@ -47,7 +47,7 @@ def wait_for_http(url: str, timeout: float = 30, proc: subprocess.Popen | None =
 def start_process(args: list[str], log_path: Path, env: dict | None = None, cwd: Path | None = None):
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env or test_env(),
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env or child_env(),
                             cwd=cwd or ROOT, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

@@ -20,7 +20,7 @@ import requests
 
 from kinetic_auth.keys import ensure_standin_keys
 from kinetic_auth.standin import seed
-from tests.support import ROOT, free_port, start_process, stop_process, test_env, wait_for_http
+from tests.support import ROOT, free_port, start_process, stop_process, child_env, wait_for_http
 
 __all__ = ["enclave_hub", "EnclaveHub", "make_home", "GOOD_MAIN", "wait_for_state"]
 
@@ -104,7 +104,7 @@ class EnclaveHub:
             key_file=str(Path(keys_state) / "keys" / "kinetic_enclave_key"), service_port=free_port(),
             workspaces=str(self.workspaces))
         (self.state / "jupyterhub_config.py").write_text(cfg)
-        env = test_env(JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32))
+        env = child_env(JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32))
         self.env = env
         self._launch()
         return self
