@@ -197,7 +197,9 @@ def _create_once(src: Path, dest: Path, limits: ArchiveLimits, exclude: tuple[st
     try:
         with open(tmp, "wb") as raw:
             hw = _Hashing(raw)
-            cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+            # threads=-1: one zstd worker per core. zstd's multi-threaded mode gives the same bytes
+            # for any worker count, so the archive's sha256 stays a fingerprint across machines.
+            cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
             with cctx.stream_writer(hw, closefd=False) as zw:
                 with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tf:
                     tf.addfile(_tarinfo(ROOT, os.stat(src), True))
