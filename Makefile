@@ -30,12 +30,14 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMPS)/venv: setup.cfg pyproject.toml
+$(STAMPS)/venv: setup.cfg pyproject.toml rstudio_patch/jupyterlab-overrides.json
 	@mkdir -p $(STAMPS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@# this machine's pip config names extra local indexes that may be absent: drop that chatter only
 	set -o pipefail; $(PY) -m pip install -q -e '.[test]' 2>&1 | { grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true; }
+	@# JupyterLab defaults for workspaces (installation-wide settings overrides)
+	install -D -m 0644 rstudio_patch/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $@
 
 $(STAMPS)/node: package.json

@@ -46,3 +46,21 @@ async def test_a_bad_editor_link_explains_itself(hub):
         page = await browser.new_page()
         await page.goto(f"{hub.url}/editor/#not-an-id")
         await page.wait_for_selector("text=does not name an analysis")
+
+
+async def test_without_rstudio_the_workspace_is_jupyterlab_with_r(tmp_path, standin):
+    """Where RStudio Server is absent (as on this machine), the researcher lands in JupyterLab,
+    which offers the R kernel and asks nothing about news feeds (workspaces reach no internet)."""
+    from kinetic_auth.standin.seed import GRACE
+
+    from .hub import running_hub
+    with running_hub(tmp_path, standin, rstudio=False) as hub:
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{hub.url}/hub/analysis/103")
+            await page.click(f'button[data-uuid="{GRACE}"]')
+            await page.wait_for_url("**/user/**/a-103/lab**", timeout=90_000)
+            await page.wait_for_selector(".jp-LauncherCard[title*='R']", timeout=60_000)
+            await page.wait_for_selector("text=kinetic", timeout=30_000)  # the seeded project folder
+            await page.wait_for_timeout(2000)
+            assert await page.locator("text=notified about official Jupyter news").count() == 0
