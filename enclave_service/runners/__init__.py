@@ -162,9 +162,19 @@ class Runner(LoggingConfigurable, metaclass=_RunnerMeta):
     async def prepare(self, job: RunJob) -> None:
         """Make the run ready to start (mountpoints, ownership, container created)."""
 
-    @abstractmethod
     async def execute(self, job: RunJob) -> None:
         """Start the run; returns once it has started (no-op if already running or exited)."""
+        state = await self.get_status(job)
+        if state is JobState.UNKNOWN:
+            await self.prepare(job)
+            state = JobState.PREPARED
+        if state is JobState.PREPARED:
+            await self._start(job)
+            self.log.info("run %s: started", job.run_id)
+
+    @abstractmethod
+    async def _start(self, job: RunJob) -> None:
+        """Start the prepared container (the engine-specific part of execute)."""
 
     @abstractmethod
     async def get_status(self, job: RunJob) -> JobState:

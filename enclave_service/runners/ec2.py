@@ -355,12 +355,10 @@ class EC2Runner(Runner):
 
     @_terminates_on_error
     async def execute(self, job: RunJob) -> None:
-        state = await self.get_status(job)
-        if state is JobState.UNKNOWN:
-            await self.prepare(job)
-            state = JobState.PREPARED
-        if state is JobState.PREPARED:
-            await self._docker(job, "start", job.container_name)
+        await super().execute(job)
+
+    async def _start(self, job: RunJob) -> None:
+        await self._docker(job, "start", job.container_name)
 
     async def get_status(self, job: RunJob) -> JobState:
         if await self.find_instance(job) is None:

@@ -110,14 +110,8 @@ class PodmanRunner(Runner):
                               f"{err.decode(errors='replace').strip()[-500:]}")
         self.log.info("run %s: container %s created", job.run_id, job.container_name)
 
-    async def execute(self, job: RunJob) -> None:
-        state = await self.get_status(job)
-        if state is JobState.UNKNOWN:
-            await self.prepare(job)
-            state = JobState.PREPARED
-        if state is JobState.PREPARED:
-            await self._podman("start", job.container_name)
-            self.log.info("run %s: started", job.run_id)
+    async def _start(self, job: RunJob) -> None:
+        await self._podman("start", job.container_name)
 
     async def get_status(self, job: RunJob) -> JobState:
         cs = await self._inspect(job)
