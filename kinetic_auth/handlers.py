@@ -33,16 +33,22 @@ from .kinetic import KineticError
 _analysis_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
 
-def find_workspace(handler: BaseHandler, analysis_id: str):
-    """The active (starting or running) workspace of an analysis, whoever owns it, or None."""
-    name = slugs.server_name(analysis_id)
-    for orm_spawner in handler.db.query(orm.Spawner).filter(orm.Spawner.name == name):
+def find_workspaces(handler: BaseHandler, analysis_ids) -> dict:
+    """analysis id -> its active (starting or running) workspace, whoever owns it; one query."""
+    names = {slugs.server_name(a): a for a in analysis_ids}
+    found = {}
+    for orm_spawner in handler.db.query(orm.Spawner).filter(orm.Spawner.name.in_(names)):
         if orm_spawner.user is None:
             continue
-        spawner = handler.users[orm_spawner.user].spawners.get(name)
+        spawner = handler.users[orm_spawner.user].spawners.get(orm_spawner.name)
         if spawner is not None and spawner.active:
-            return spawner
-    return None
+            found[names[orm_spawner.name]] = spawner
+    return found
+
+
+def find_workspace(handler: BaseHandler, analysis_id: str):
+    """The active workspace of one analysis, or None."""
+    return find_workspaces(handler, [analysis_id]).get(analysis_id)
 
 
 def workspace_url(spawner) -> str:
@@ -124,13 +130,16 @@ class AnalysesHomeHandler(KineticPage):
             analyses = await self.authenticator.kinetic.list_analyses(state.get("sso_cookie", ""))
         except KineticError:
             error = "Kinetic is not answering, so your analyses cannot be listed right now."
-        rows = []
+        valid = []
         for a in analyses:
             try:
-                aid = slugs.check_analysis_id(a.get("id"))
+                valid.append((slugs.check_analysis_id(a.get("id")), a))
             except slugs.BadAnalysisId:
                 continue
-            spawner = find_workspace(self, aid)
+        running = find_workspaces(self, [aid for aid, _ in valid])
+        rows = []
+        for aid, a in valid:
+            spawner = running.get(aid)
             names = {r.get("user_id"): f"{r.get('first_name', '')} {r.get('last_name', '')}".strip()
                      for r in a.get("researchers", [])}
             if spawner is None:
