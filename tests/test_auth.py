@@ -104,3 +104,36 @@ def test_admins_are_the_configured_uuids(hub):
 def test_old_editor_link_is_served(hub):
     r = requests.get(f"{hub.url}/editor/", allow_redirects=True)
     assert r.status_code == 200 and "analysis/" in r.text and "location.hash" in r.text
+
+
+def test_signing_in_to_kinetic_as_someone_else_ends_the_hub_session(hub, standin):
+    s = hub.browser_session(ADA)
+    assert s.get(f"{hub.url}/hub/home", allow_redirects=False).status_code == 200
+    standin.sign_in(s, KATHERINE)  # same browser, another Kinetic account
+    time.sleep(1.5)  # past auth_refresh_age (1 s in tests)
+    r = s.get(f"{hub.url}/hub/home", allow_redirects=False)
+    assert r.status_code == 302 and "/hub/login" in r.headers["Location"]
+
+
+async def test_without_keys_the_hub_asks_kinetic_who_the_cookie_belongs_to(standin):
+    from kinetic_auth.authenticator import KineticAuthenticator
+
+    auth = KineticAuthenticator(kinetic_url=standin.url)  # no key files configured
+    assert auth.keys() is None
+    token = standin.sign_in(requests.Session(), ADA)
+    assert (await auth.identify(token)).uuid == ADA
+    user = await auth.authenticate(None, {"sso_cookie": token})
+    assert user["name"] == ADA and user["auth_state"]["profile"]["first_name"] == "Ada"
+    try:
+        await auth.identify("not-a-token")
+    except sso.CookieError as e:
+        assert "does not recognise" in e.reason
+    else:
+        raise AssertionError("a cookie Kinetic does not know was accepted")
+    auth.ask_kinetic_without_keys = False
+    try:
+        await auth.identify(token)
+    except sso.CookieError as e:
+        assert "no keys" in e.reason
+    else:
+        raise AssertionError("accepted a cookie with neither keys nor Kinetic to check it")

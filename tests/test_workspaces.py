@@ -139,6 +139,11 @@ def test_a_co_researcher_joins_the_running_workspace(hub):
     kat = hub.browser_session(KATHERINE)
     r = kat.get(f"{hub.url}/user/{ADA}/a-101/rstudio/", allow_redirects=True)
     assert "RStudio" not in r.text or r.status_code in (403, 404)
+    assert GRACE in [sh["user"]["name"] for sh in hub.api("GET", f"/shares/{ADA}/a-101").json()["items"]]
+    hub.stop_workspace(ADA, "a-101")
+    # the next start drops old shares: joining again goes through a fresh Kinetic check
+    hub.open_analysis(ada, 101)
+    assert hub.api("GET", f"/shares/{ADA}/a-101").json()["items"] == []
     hub.stop_workspace(ADA, "a-101")
 
 
