@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import proc
+
 PARSER = Path(__file__).with_name("r") / "parse_calls.R"
 R_SUFFIXES = (".r", ".rmd", ".qmd")
 SKIP_DIRS = (".git", ".cache", ".Rproj.user", "node_modules")
@@ -143,17 +145,12 @@ async def _run_parser(paths: list[Path], rules: CodeRules) -> tuple[dict[int, li
     """Tokens and parse errors per file index (0-based), from one Rscript process."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
            "R_LIBS_USER": "", "HOME": "/nonexistent"}  # nothing of the caller's environment leaks in
-    proc = await asyncio.create_subprocess_exec(
-        rules.rscript, "--vanilla", str(PARSER), stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd="/")
     try:
-        data = "".join(f"{p}\n" for p in paths).encode()
-        out, err = await asyncio.wait_for(proc.communicate(data), rules.timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
+        rc, out, err = await proc.run([rules.rscript, "--vanilla", str(PARSER)], rules.timeout,
+                                      input="".join(f"{p}\n" for p in paths).encode(), env=env, cwd="/")
+    except proc.CommandTimeout:
         raise RuntimeError(f"the R parser took longer than {rules.timeout:.0f} s") from None
-    if proc.returncode != 0:
+    if rc != 0:
         raise RuntimeError(f"the R parser failed: {err.decode(errors='replace').strip()[-300:]}")
     tokens: dict[int, list] = {}
     errors: dict[int, tuple] = {}

@@ -20,6 +20,8 @@ import string
 import tempfile
 from pathlib import Path
 
+from . import proc
+
 HERE = Path(__file__).parent / "images"
 BUILD_SCRIPT = HERE / "build_base.sh"
 CONTAINERFILE = HERE / "Containerfile.analysis"
@@ -62,16 +64,12 @@ def base_image_tag(suite: str = "bookworm", packages=("r-base-core",), repo: str
 
 async def _run(argv: list[str], timeout: float, extra_env: dict | None = None) -> tuple[int, str]:
     """Run a build step without blocking the loop; (returncode, combined output)."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, env={**_clean_env(), **(extra_env or {})},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
+        rc, out, _ = await proc.run(argv, timeout, env={**_clean_env(), **(extra_env or {})},
+                                    merge_stderr=True)
+    except proc.CommandTimeout:
         return -1, f"timed out after {timeout:.0f} s"
-    return proc.returncode, out.decode("utf-8", "replace")
+    return rc, out.decode("utf-8", "replace")
 
 
 def _clean_env() -> dict[str, str]:

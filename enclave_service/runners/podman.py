@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
 
 from traitlets import Bool, Float, Int, Unicode
 
+from .. import proc
 from ..container import (APP, LABEL_APP, LABEL_RUN_ID, ContainerSpec, ContainerState,
                          kernel_log_shows_oom, parse_inspect, stage_job)
 from . import JobState, RunJob, Runner, RunnerError, RunResult, truncate_logs, with_backoff
@@ -22,18 +22,10 @@ NOT_FOUND = ("no such container", "no container with name or id", "no such objec
 
 async def run_cmd(argv: list[str], timeout: float = 120.0) -> tuple[int, bytes, bytes]:
     """Run a local command without blocking the event loop; kill it when it overstays."""
-    # cwd: conmon (started by `podman start`) inherits it and drops an `oom` marker file
-    # there when the kernel OOM-kills a run; keep that out of whatever directory we run in.
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, cwd=tempfile.gettempdir(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RunnerError(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} timed out after {timeout}s")
-    return proc.returncode, out, err
+        return await proc.run(argv, timeout)
+    except proc.CommandTimeout as e:
+        raise RunnerError(str(e)) from None
 
 
 class PodmanRunner(Runner):
@@ -157,10 +149,11 @@ class PodmanRunner(Runner):
         return kernel_log_shows_oom(out.decode("utf-8", "replace"), cs.id)
 
     async def _logs(self, job: RunJob) -> tuple[str, int]:
-        proc = await asyncio.create_subprocess_exec(
-            *self._base(), "logs", job.container_name, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await asyncio.wait_for(proc.communicate(), self.command_timeout)
+        try:
+            _, out, _ = await proc.run(self._base() + ["logs", job.container_name], self.command_timeout,
+                                       merge_stderr=True)
+        except proc.CommandTimeout as e:
+            raise RunnerError(f"run {job.run_id}: could not read its logs ({e})") from None
         return truncate_logs(out, job.limits.log_bytes)
 
     async def terminate(self, job: RunJob) -> None:
