@@ -1,12 +1,15 @@
-"""WorkspaceSpawner: one workspace per Kinetic analysis.
+"""WorkspaceSpawner: one workspace per Kinetic analysis — the JupyterHub glue only.
 
-A workspace is the named server ``a-<analysisId>`` (see ``slugs``). Starting it:
+A workspace is the named server ``a-<analysisId>`` (see ``slugs``). The spawner checks the start
+request (the analysis handed over by the authenticator), keeps one workspace per analysis, reports
+progress, and saves a versioned state; *where* the workspace runs is its backend's business
+(``backends/``: ``container`` by default, ``process`` for development, ``aws`` later)::
 
-    acquire host → prepare storage (the analysis home) → provision (provision.sh: ~/.Renviron key,
-    blank project if new, synthetic data) → start jupyterhub-singleuser → wait until it answers
+    reserve_address → start(request, on_step): host → storage → provision → server
 
-with each step reported by ``progress()``. The researcher lands in RStudio (``/rstudio``, through
-jupyter-rsession-proxy) where RStudio Server exists, else in JupyterLab (``/lab``) with the R kernel.
+After ``start`` returns, JupyterHub's own readiness wait (``Spawner.http_timeout``) waits until the
+server answers. The researcher lands in RStudio (``/rstudio``) where RStudio Server exists in the
+workspace, else in JupyterLab (``/lab``) with the R kernel.
 
 What the authenticator must hand over
 -------------------------------------
@@ -19,23 +22,19 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
-import pwd
 import re
-import shutil
-import sys
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from jupyterhub.spawner import Spawner
-from jupyterhub.traitlets import Command
 from tornado import web
-from traitlets import Any, CaselessStrEnum, Float, List, Unicode, default, validate
+from traitlets import Any, CaselessStrEnum, Unicode, default, validate
 
-from .backends import Backend, BackendError, ProvisionInputs, backend_class
+from .backends import STEP_WAIT, BackendError, ProvisionInputs, WorkspaceBackend, WorkspaceRequest, backend_class
 from .slugs import analysis_id_from_server_name, check_analysis_id
 
-VENV_BIN = os.path.dirname(sys.executable)
-RSTUDIO_SYSTEM_PATHS = ("/usr/lib/rstudio-server/bin/rserver", "/usr/lib/rstudio/bin/rserver")
+# get_state's layout; load_state reads every earlier one (1: the flat state of the "local" backend).
+STATE_VERSION = 2
 
 
 @dataclass
@@ -73,32 +72,23 @@ class WorkspaceSpawner(Spawner):
 
     # -- configuration ------------------------------------------------------------------------------
     backend = CaselessStrEnum(
-        ["local", "aws"], default_value="local", config=True,
+        ["container", "process", "aws"], default_value="container", config=True,
         help="""Where workspaces run.
 
-        ``local`` (default): on the hub's machine, one process group per analysis, the analysis home
-        a directory under ``workspaces_root``. ``aws``: an EC2 instance per analysis with its home on
-        EFS, provisioned over SSH (not implemented yet: starting raises a clear error).
-        A workspace started by one backend is always stopped by that backend, whatever this says
-        after a restart (the backend is part of the saved state).
+        ``container`` (default): one podman container of the workspace image per analysis, uid
+        1010, only the analysis home mounted, memory/CPU/process limits, its own network
+        (``c.ContainerBackend.*``). ``process``: FOR DEVELOPMENT ONLY — a process of the hub's own
+        user, which can read everything the hub can (``c.ProcessBackend.*``). ``aws``: an EC2
+        instance per analysis with its home on EFS (not implemented yet: starting raises a clear
+        error). A workspace started by one backend is always stopped by that backend, whatever this
+        says after a restart (the backend is part of the saved state).
         """)
-
-    workspaces_root = Unicode(
-        config=True,
-        help="""Directory holding one home per analysis, ``<workspaces_root>/<analysisId>`` (mode 0700).
-
-        Local backend only. Homes are never deleted by the spawner: stopping a workspace removes the
-        compute and keeps the data. Default: ``state/workspaces`` under the hub's working directory.
-        """)
-
-    @default("workspaces_root")
-    def _default_workspaces_root(self):
-        return os.path.abspath(os.path.join("state", "workspaces"))
 
     kinetic_url = Unicode(
         config=True,
         help="""Base URL of Kinetic (or of the stand-in), from which provisioning downloads the
-        analysis's synthetic data. Default: the ``KINETIC_URL`` environment variable.
+        analysis's synthetic data. Default: the ``KINETIC_URL`` environment variable. (The
+        container backend rewrites a loopback host to its network's gateway.)
         """)
 
     @default("kinetic_url")
@@ -109,23 +99,9 @@ class WorkspaceSpawner(Spawner):
         ["auto", "rstudio", "lab"], default_value="auto", config=True,
         help="""What the researcher lands in.
 
-        ``auto`` (default): RStudio (``/rstudio``, via jupyter-rsession-proxy) when an ``rserver``
-        is found (``rserver_path``, then ``PATH``, then RStudio's install directories), else
-        JupyterLab (``/lab``) with the R kernel. ``rstudio`` fails the start when no ``rserver`` is
-        found; ``lab`` always uses JupyterLab. Ignored when ``Spawner.default_url`` is set.
-        """)
-
-    rserver_path = Unicode(
-        "", config=True,
-        help="""Full path of RStudio Server's ``rserver``. Empty (default): look on the workspace's
-        ``PATH`` and in ``/usr/lib/rstudio-server/bin``. When set, its directory is put first on the
-        workspace's ``PATH`` so that jupyter-rsession-proxy finds the same program.
-        """)
-
-    provision_timeout = Float(
-        300.0, config=True,
-        help="""Seconds provisioning (provision.sh, including the data download) may take before
-        the start is failed. The script is idempotent, so the next start simply runs it again.
+        ``auto`` (default): RStudio (``/rstudio``, via jupyter-rsession-proxy) where the workspace
+        has an ``rserver``, else JupyterLab (``/lab``) with the R kernel. ``rstudio`` / ``lab``
+        force one. Ignored when ``Spawner.default_url`` is set.
         """)
 
     cutoff_date = Unicode(
@@ -143,34 +119,9 @@ class WorkspaceSpawner(Spawner):
             datetime.date.fromisoformat(value)
         return value
 
-    singleuser_cmd = Command(
-        minlen=1, config=True,
-        help="""The single-user server command, without arguments carrying secrets (there are none:
-        the hub token and all settings go in the environment). ``--allow-root`` is added when the
-        workspace runs as root; ``Spawner.args`` are appended. Default: ``jupyterhub-singleuser``
-        from the hub's own environment, where jupyter-server-proxy and jupyter-rsession-proxy are
-        installed and enabled as server extensions.
-        """)
-
-    @default("singleuser_cmd")
-    def _default_singleuser_cmd(self):
-        return [os.path.join(VENV_BIN, "jupyterhub-singleuser")]
-
-    jupyter_path = List(
-        Unicode(), ["/usr/local/share/jupyter", "/usr/share/jupyter"], config=True,
-        help="""Directories added to the workspace's ``JUPYTER_PATH``, so that kernels installed by
-        the system (Debian's ``r-cran-irkernel`` puts the ``ir`` kernelspec in
-        ``/usr/share/jupyter``) appear in JupyterLab started from a virtualenv.
-        """)
-
-    stop_timeout = Float(
-        10.0, config=True,
-        help="""Seconds to wait after SIGTERM for the workspace to exit before its whole process
-        group is killed with SIGKILL.""")
-
     @default("start_timeout")
     def _default_start_timeout(self):
-        return 180  # provisioning downloads data before the server even starts
+        return 300  # provisioning downloads data before the server even starts
 
     # -- set by the authenticator for each start (memory only) -------------------------------------
     analysis = Any(
@@ -179,13 +130,17 @@ class WorkspaceSpawner(Spawner):
         ``{"id", "title", "api_key", ...}``. Set by ``KineticAuthenticator.pre_spawn_start`` before
         every start; held in memory only (the api key is never saved in the hub's state).""")
 
+    failure_message = Any(
+        None, allow_none=True,
+        help="""Why the last start failed, in words for the researcher (None while it has not
+        failed). Read by the hub's progress page.""")
+
     # -- internals ----------------------------------------------------------------------------------
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._backend: Backend | None = None
+        self._backend: WorkspaceBackend | None = None
         self._run: _Run | None = None
         self._starting = False
-        self._interface = ""
 
     @classmethod
     def active_for(cls, analysis_id: str | int) -> "WorkspaceSpawner | None":
@@ -204,9 +159,14 @@ class WorkspaceSpawner(Spawner):
     def _who(self) -> str:
         return f"{self.user.name}/{self.name or '(default)'}"
 
-    def _backend_impl(self, kind: str | None = None) -> Backend:
+    @property
+    def workspace_backend(self) -> WorkspaceBackend | None:
+        """The backend holding (or last holding) this workspace, if one was made."""
+        return self._backend
+
+    def _backend_impl(self, kind: str | None = None) -> WorkspaceBackend:
         kind = kind or self.backend
-        if self._backend is None or self._backend.name != kind:
+        if self._backend is None or self._backend.kind != kind:
             self._backend = backend_class(kind)(self)
         return self._backend
 
@@ -228,6 +188,7 @@ class WorkspaceSpawner(Spawner):
             del self._active[aid]
 
     def _emit(self, progress: int, message: str) -> None:
+        """The backends' step callback (``backends.StepCallback``)."""
         self.log.info("[%s] %s", self._who, message)
         if self._run is not None:
             self._run.emit(progress, message)
@@ -253,49 +214,21 @@ class WorkspaceSpawner(Spawner):
             raise web.HTTPError(500, "WorkspaceSpawner.kinetic_url is not configured (or KINETIC_URL)")
         return aid, analysis
 
-    async def _detect_interface(self, path: str) -> tuple[str, str | None]:
-        if self.interface == "lab":
-            return "lab", None
-
-        def find():
-            if self.rserver_path:
-                return self.rserver_path if os.access(self.rserver_path, os.X_OK) else None
-            found = shutil.which("rserver", path=path)
-            return found or next((p for p in RSTUDIO_SYSTEM_PATHS if os.access(p, os.X_OK)), None)
-
-        rserver = await asyncio.to_thread(find)
-        if rserver:
-            return "rstudio", rserver
-        if self.interface == "rstudio":
-            raise web.HTTPError(500, "RStudio was configured (interface='rstudio') but no rserver was found")
-        return "lab", None
-
-    def _workspace_env(self, home: str, path: str) -> dict[str, str]:
-        env = self.get_env()  # JUPYTERHUB_API_TOKEN, service URL/prefix, OAuth client, ...
-        try:
-            user = pwd.getpwuid(os.getuid()).pw_name
-        except KeyError:
-            user = "workspace"
-        jupyter_path = [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p] + list(self.jupyter_path)
-        env.update({
-            "HOME": home, "USER": user, "LOGNAME": user, "SHELL": "/bin/bash", "PATH": path,
-            "JUPYTER_PATH": os.pathsep.join(dict.fromkeys(jupyter_path)),
-        })
-        if not self.default_url:
-            env["JUPYTERHUB_DEFAULT_URL"] = "/rstudio" if self._interface == "rstudio" else "/lab"
-        if self.analysis_id:
-            env["ANALYSIS_ID"] = self.analysis_id  # not secret; the key is in ~/.Renviron only
-        return env
+    def _landing(self) -> str:
+        if self.default_url:
+            return ""  # JupyterHub passes Spawner.default_url itself
+        return {"rstudio": "/rstudio", "lab": "/lab"}.get(self.interface, "")
 
     # -- the Spawner API ----------------------------------------------------------------------------
     async def start(self):
-        """Provision the analysis home and start its workspace server; returns (ip, port)."""
+        """Start the analysis's workspace through the backend; returns (ip, port) for the proxy."""
         self._run = _Run()  # first: progress() readers must never wait for a start that failed
+        self.failure_message = None
         try:
             aid, analysis = self._check_request()
             self._claim(aid)
-        except BaseException:
-            self._run.finish()
+        except BaseException as e:
+            self._fail(e)
             raise
         self._starting = True
         try:
@@ -303,72 +236,46 @@ class WorkspaceSpawner(Spawner):
         except BackendError as e:
             self.log.error("[%s] start failed: %s", self._who, e)
             await self._cleanup_failed_start()
-            raise web.HTTPError(500, f"The workspace for analysis {aid} could not start: {e}") from None
-        except BaseException:
+            error = web.HTTPError(500, f"The workspace for analysis {aid} could not start: {e}")
+            self._fail(error)
+            raise error from None
+        except BaseException as e:
             await self._cleanup_failed_start()
+            self._fail(e)
             raise
         finally:
             self._starting = False
             self._run.finish()
 
+    def _fail(self, error: BaseException) -> None:
+        self.failure_message = (getattr(error, "log_message", None) or str(error)
+                                or "the workspace could not start")
+        self._run.finish()
+
     async def _cleanup_failed_start(self):
         if self._backend is not None and self._backend.running:
-            await self._backend.stop(self.stop_timeout)
+            await self._backend.stop(now=True)
             self._backend.clear_state()
         self._release()
 
     async def _start(self, aid: str, analysis: dict):
-        title = analysis.get("title") or f"analysis {aid}"
         try:
             backend = self._backend_impl()
         except NotImplementedError as e:
             raise web.HTTPError(501, str(e)) from None
-        self._emit(5, f"Acquiring a host for “{title}”")
-        host = await backend.acquire_host(aid)
-        self._emit(10, f"Host: {host}")
-        self._emit(15, "Preparing storage for the analysis home")
-        home = await backend.prepare_storage(aid)
-
-        self._emit(25, "Provisioning the workspace")
-        inputs = ProvisionInputs(analysis_id=aid, api_key=str(analysis["api_key"]),
-                                 kinetic_url=self.kinetic_url,
-                                 cutoff_date=self.cutoff_date or datetime.date.today().isoformat())
-
-        def on_step(step: str):
-            if step.startswith("seeded"):
-                self._emit(40, "Provisioning: seeded the blank project")
-            elif step.startswith("kept"):
-                self._emit(40, "Provisioning: kept your existing project")
-            elif step.startswith("downloading"):
-                self._emit(50, f"Downloading synthetic data ({step.split('(', 1)[-1].rstrip(')')})")
-            elif step.startswith("synthetic data ready"):
-                self._emit(65, "Synthetic data downloaded")
-            elif step.startswith("WARNING"):
-                self._emit(65, "Could not refresh the synthetic data; kept the data from last time")
-
-        await backend.run_provisioning(inputs, on_step)
-
-        ip, port = await backend.reserve_address()
-        self.ip, self.port = ip, port
-        path = os.pathsep.join([VENV_BIN, os.environ.get("PATH", os.defpath)])
-        self._interface, rserver = await self._detect_interface(path)
-        if rserver and self.rserver_path:
-            path = os.pathsep.join([os.path.dirname(self.rserver_path), path])
-        env = self._workspace_env(home, path)
-        cmd = list(self.singleuser_cmd)
-        if os.geteuid() == 0:
-            cmd.append("--allow-root")
-        cmd.extend(self.get_args())
-        label = "RStudio" if self._interface == "rstudio" else "JupyterLab"
-        self._emit(75, f"Starting the workspace server ({label})")
-        await backend.start_server(cmd, env)
-        self.log.info("[%s] workspace server pid %s on %s:%s", self._who,
-                      getattr(backend, "pid", "?"), ip, port)
-
-        self._emit(85, "Waiting for the workspace server to answer")
-        prefix = self.server.base_url if self.server else "/"
-        await backend.wait_until_answering(prefix + "api", timeout=self.http_timeout)
-        self._emit(95, f"Workspace server is up; opening {label}")
+        address = await backend.reserve_address()
+        self.ip, self.port = address.bind_ip, address.port
+        if address.hub_connect_url:
+            self.hub_connect_url = address.hub_connect_url
+        request = WorkspaceRequest(
+            analysis_id=aid, title=str(analysis.get("title") or f"analysis {aid}"),
+            user=self.user.name, server_name=self.name,
+            provision=ProvisionInputs(analysis_id=aid, api_key=str(analysis["api_key"]),
+                                      kinetic_url=self.kinetic_url,
+                                      cutoff_date=self.cutoff_date or datetime.date.today().isoformat()),
+            hub_env=self.get_env(), args=self.get_args(), default_url=self._landing())
+        ip, port = await backend.start(request, self._emit)
+        self._emit(STEP_WAIT, "Waiting for the workspace server to answer")
         return ip, port
 
     async def progress(self):
@@ -394,10 +301,7 @@ class WorkspaceSpawner(Spawner):
 
     async def poll(self):
         """None while the workspace server runs; its exit status (0 when unknown) otherwise.
-
-        Local: our own child reports its exit status; a server found again after a hub restart is
-        checked by pid *and* start time, so a recycled pid is never mistaken for the workspace.
-        """
+        An error asking the backend means "unknown", which is "still running"."""
         if self._backend is None:
             return 0
         status = await self._backend.poll()
@@ -406,23 +310,24 @@ class WorkspaceSpawner(Spawner):
         return status
 
     async def stop(self, now=False):
-        """Stop the workspace: SIGTERM to its process group, then SIGKILL after ``stop_timeout``.
-        The compute goes; the analysis home (the researcher's files and data) is kept."""
+        """Stop the workspace: the compute goes; the analysis home (files and data) is kept."""
         if self._backend is not None:
             self.log.info("[%s] stopping workspace", self._who)
-            await self._backend.stop(min(1.0, self.stop_timeout) if now else self.stop_timeout)
+            await self._backend.stop(now=now)
             self._backend.clear_state()
         self._release()
         self._run = None
 
     def get_state(self):
-        """What survives a hub restart, saved in the hub database.
+        """What survives a hub restart, saved in the hub database (versioned, STATE_VERSION)::
 
-        ``backend``, ``analysis_id``, and the backend's handle on the server: for local, ``home``,
-        ``ip``, ``port``, ``pid`` and ``pid_start`` (the process start time from ``/proc``). The hub
-        runs with ``cleanup_servers = False``, so workspaces keep running while it restarts; with
-        this state ``load_state`` + ``poll`` find each one again (and a recycled pid is not taken
-        for it), the proxy route is restored, and a later ``stop`` signals the right process group.
+            {"version": 2, "backend": "container", "analysis_id": "101",
+             "workspace": {...the backend's handle: container name/id and address, or pid...}}
+
+        The hub runs with ``cleanup_servers = False``, so workspaces keep running while it restarts;
+        with this state ``load_state`` + ``poll`` find each one again, the proxy route is restored,
+        and a later ``stop`` reaches the right container or process. ``load_state`` also reads the
+        flat version-1 state of earlier releases.
 
         Deliberately *not* saved: the analysis api key (``analysis``) and anything else secret. The
         workspace does not need it again (provisioning wrote it to ``~/.Renviron``), and the next
@@ -432,25 +337,46 @@ class WorkspaceSpawner(Spawner):
         if self._backend is not None:
             backend_state = self._backend.get_state()
             if backend_state:
-                state.update(backend_state)
-                state["backend"] = self._backend.name
+                state.update({"version": STATE_VERSION, "backend": self._backend.kind,
+                              "workspace": backend_state})
                 if self.analysis_id:
                     state["analysis_id"] = self.analysis_id
         return state
+
+    @staticmethod
+    def _upgrade_state(state: dict) -> dict | None:
+        """Any saved layout -> the current one (None: nothing to restore)."""
+        if not state or not state.get("backend"):
+            return None
+        version = state.get("version", 1)
+        if version == 1:  # flat: {"backend": "local", "home", "ip", "port", "pid", "pid_start"}
+            kind = "process" if state["backend"] == "local" else state["backend"]
+            inner = {k: v for k, v in state.items() if k not in ("backend", "analysis_id")}
+            return {"version": STATE_VERSION, "backend": kind, "analysis_id": state.get("analysis_id"),
+                    "workspace": inner}
+        if version == STATE_VERSION:
+            return state
+        raise ValueError(f"saved state version {version} is newer than this release understands "
+                         f"({STATE_VERSION})")
 
     def load_state(self, state):
         """Restore the handle saved by ``get_state`` (after a hub restart, or when the hub builds
         this spawner from its database). A running workspace is registered again as its analysis's
         one workspace, so no second one can start on the same storage."""
         super().load_state(state)
-        if not state or not state.get("backend"):
+        try:
+            state = self._upgrade_state(state)
+        except ValueError as e:
+            self.log.error("[%s] cannot restore the workspace state: %s", self._who, e)
+            return
+        if state is None:
             return
         try:
             backend = self._backend_impl(state["backend"])
-        except NotImplementedError as e:
+        except (NotImplementedError, ValueError) as e:
             self.log.error("[%s] cannot restore the workspace state: %s", self._who, e)
             return
-        backend.load_state(state)
+        backend.load_state(state.get("workspace") or {})
         aid = state.get("analysis_id") or self.analysis_id
         if aid and backend.running:
             self._active[aid] = self

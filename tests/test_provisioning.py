@@ -10,7 +10,7 @@ import requests
 
 from kinetic_auth.standin.seed import ADA
 from kinetic_spawner.backends import BackendError, ProvisionInputs
-from kinetic_spawner.backends.local import run_provision
+from kinetic_spawner.provisioning import run_provision
 from kinetic_spawner.fetch_data import file_names
 
 from .support import free_port
