@@ -1,8 +1,10 @@
 """Images for enclave runs, built without any registry.
 
-* the R base image: ``debootstrap --variant=minbase`` + ``r-base-core`` imported with
+* the R base image: ``debootstrap --variant=minbase`` + ``BASE_PACKAGES`` imported with
   ``podman import`` (``images/build_base.sh``); tagged by a hash of the script and its
-  inputs, built once and reused while ``podman image exists`` says so.
+  inputs, built once and reused while ``podman image exists`` says so. The workspace image
+  (``kinetic_spawner.image``) is built ``FROM`` this same base, so the R and R packages a
+  researcher tests with are exactly those the enclave runs.
 * an analysis image per project content: ``FROM`` the base + the project (+ its renv.lock
   restored); tagged by a sha256 fingerprint of the files, so building the same content
   twice is a no-op.
@@ -33,6 +35,10 @@ LIBRARY = "/opt/kinetic/library"
 EXCLUDE_DIRS = {"data", "output", ".git", ".Rproj.user", ".cache"}
 EXCLUDE_SUBPATHS = {("renv", "library"), ("renv", "staging")}
 DEFAULT_CRAN = "https://cloud.r-project.org"
+# The one package list of the shared R base (enclave runs and workspaces). Workspaces need the
+# IR kernel, Python 3 (+ venv) for JupyterLab, and CA certificates so researchers can install
+# packages over https; nothing else (no sudo, no container engine).
+BASE_PACKAGES = ("r-base-core", "r-cran-irkernel", "python3", "python3-venv", "ca-certificates")
 
 _locks: dict[str, asyncio.Lock] = {}
 
@@ -55,7 +61,7 @@ def apt_mirror(default: str = "http://deb.debian.org/debian") -> str:
     return default
 
 
-def base_image_tag(suite: str = "bookworm", packages=("r-base-core",), repo: str = BASE_REPO) -> str:
+def base_image_tag(suite: str = "bookworm", packages=BASE_PACKAGES, repo: str = BASE_REPO) -> str:
     """A new script or package list is a new version; the same inputs reuse the image."""
     h = hashlib.sha256(BUILD_SCRIPT.read_bytes())
     h.update(f"\0{suite}\0{' '.join(sorted(packages))}".encode())
@@ -85,7 +91,7 @@ async def image_exists(tag: str, podman: str = "podman") -> bool:
     return rc == 0
 
 
-async def ensure_base_image(*, suite: str = "bookworm", packages=("r-base-core",),
+async def ensure_base_image(*, suite: str = "bookworm", packages=BASE_PACKAGES,
                             mirror: str | None = None, repo: str = BASE_REPO,
                             podman: str = "podman", runtime: str = "runc",
                             timeout: float = 3600) -> str:

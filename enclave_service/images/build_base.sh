@@ -42,7 +42,7 @@ chroot "$root" /usr/bin/env DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 sh -ec "
 umount -l "$root/proc"; umount -l "$root/dev"
 
 # The unprivileged user every run uses (same uid/gid as in the workspaces).
-echo 'editor:x:1010:1010:Kinetic editor:/home/editor:/bin/sh' >>"$root/etc/passwd"
+echo 'editor:x:1010:1010:Kinetic editor:/home/editor:/bin/bash' >>"$root/etc/passwd"
 echo 'editor:x:1010:' >>"$root/etc/group"
 echo 'editor:*:19000:0:99999:7:::' >>"$root/etc/shadow"
 mkdir -p "$root/home/editor/kinetic"

@@ -1,0 +1,26 @@
+"""Jupyter server configuration baked into the Kinetic workspace image
+(``/opt/kinetic/venv/etc/jupyter/jupyter_server_config.py``, read by jupyterhub-singleuser).
+
+* R is the default kernel: a console or notebook that does not name a kernel gets R, and the
+  kernel chooser preselects R (JupyterLab falls back to the server's default kernel).
+* RStudio (jupyter-rsession-proxy) is registered only where an ``rserver`` exists, found the way
+  jupyter-rsession-proxy itself looks for it. The image drops the proxy's entry point, which
+  would otherwise always add an RStudio launcher tile that leads to a bare 500 page.
+"""
+c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
+
+c.MappingKernelManager.default_kernel_name = "ir"
+
+
+def _rstudio_server():
+    try:
+        from jupyter_rsession_proxy import get_rstudio_executable, setup_rserver
+        get_rstudio_executable("rserver")
+    except (ImportError, FileNotFoundError):
+        return None
+    return setup_rserver()
+
+
+_rstudio = _rstudio_server()
+if _rstudio is not None:
+    c.ServerProxy.servers.update({"rstudio": _rstudio})
