@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-BENCHES = ["bench.workspace_start", "bench.enclave"]
+BENCHES = ["bench.workspace_start", "bench.enclave", "bench.image"]
 
 
 def main(argv):

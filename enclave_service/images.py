@@ -55,7 +55,7 @@ def apt_mirror(default: str = "http://deb.debian.org/debian") -> str:
             text = f.read_text()
         except OSError:
             continue
-        for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s+)?)(\S+)", text, re.M):
+        for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s+)?)(\S+)", text, re.MULTILINE):
             if "security" not in m.group(1):
                 return m.group(1)
     return default
