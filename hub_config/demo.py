@@ -70,7 +70,16 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop_all)
     signal.signal(signal.SIGTERM, stop_all)
 
-    standin = start("standin", [sys.executable, "-m", "kinetic_auth.standin.app", "--ip", IP,
+    if env.get("KINETIC_WORKSPACE_BACKEND", "container") == "container":
+        # Every workspace is a container of the workspace image: build it now (first time only,
+        # with a progress line), not during the first researcher's click.
+        built = subprocess.run([sys.executable, "-m", "kinetic_spawner.image"], env=env, cwd=ROOT)
+        if built.returncode != 0:
+            sys.exit("the workspace image could not be built (see above)")
+    # Workspace containers reach the stand-in (synthetic data) through their network's gateway,
+    # so it listens beyond loopback; browsers still use the address printed below.
+    standin = start("standin", [sys.executable, "-m", "kinetic_auth.standin.app", "--ip", "0.0.0.0",
+                                "--public-url", standin_url,
                                 "--port", str(STANDIN_PORT), "--state-dir", str(STATE)], env)
     procs.append(("standin", standin))
     wait_http(f"{standin_url}/accounts/login", standin, "standin")

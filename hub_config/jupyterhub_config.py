@@ -3,7 +3,8 @@
 Two profiles, chosen by KINETIC_PROFILE:
 
 * ``local`` (default, embedded defaults): everything on this machine — SQLite and keys under the
-  state dir, the Kinetic stand-in, workspaces as local processes, a local mail sink. Nothing external.
+  state dir, the Kinetic stand-in, workspaces as podman containers of the workspace image, a local
+  mail sink. Nothing external.
 * ``aws`` (production skeleton): the real Kinetic, EC2 workspaces, a database URL. Every value it
   needs comes from the environment and is listed in the README; a missing one stops the hub at start
   with its name, rather than running half-configured.
@@ -50,7 +51,16 @@ def secret_file(name: str, make) -> Path:
 HUB_IP = env("KINETIC_HUB_IP", "127.0.0.1")
 HUB_PORT = int(env("KINETIC_HUB_PORT", "8000"))
 c.JupyterHub.bind_url = f"http://{HUB_IP}:{HUB_PORT}"
-c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{env('KINETIC_HUB_API_PORT', '8081')}"
+HUB_API_PORT = int(env("KINETIC_HUB_API_PORT", "8081"))
+WORKSPACE_BACKEND = env("KINETIC_WORKSPACE_BACKEND", "container" if PROFILE == "local" else "aws")
+if WORKSPACE_BACKEND == "container":
+    # Workspace containers reach the hub API through their network's gateway, so the API listens
+    # beyond loopback; the workspaces' firewall lets them reach this port and no other of the hub's
+    # (kinetic_spawner/backends/container_network.py). The proxy and services use loopback.
+    c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{HUB_API_PORT}"
+    c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{HUB_API_PORT}"
+else:
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{HUB_API_PORT}"
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env('KINETIC_PROXY_API_PORT', '8001')}"
 c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
 c.JupyterHub.cookie_secret_file = str(secret_file("jupyterhub_cookie_secret", lambda: secrets.token_hex(32)))
@@ -81,6 +91,9 @@ USER_SCOPES = [
     "read:users!user", "read:users:name!user", "read:users:groups!user", "read:users:activity!user",
     "read:users:shares!user", "read:servers!user", "delete:servers!user", "access:servers!user",
     "tokens!user", "read:tokens!user",
+    # a workspace reports activity with its own token (never more than its owner may do): without
+    # this, a workspace busy computing with no browser open looks idle to the culler
+    "users:activity!user",
 ]
 IDLE_TIMEOUT = int(env("KINETIC_IDLE_TIMEOUT", "1800"))  # 30 minutes, as the original
 IDLE_EVERY = int(env("KINETIC_IDLE_CHECK_EVERY", str(max(1, min(300, IDLE_TIMEOUT // 5)))))
@@ -100,23 +113,28 @@ c.JupyterHub.services = [
 # -- where: workspaces ------------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "kinetic-workspace"
 c.WorkspaceSpawner.kinetic_url = KINETIC_URL
-c.Spawner.http_timeout = 60
-c.Spawner.start_timeout = int(env("KINETIC_START_TIMEOUT", "300"))
+c.WorkspaceSpawner.backend = WORKSPACE_BACKEND
+c.Spawner.http_timeout = int(env("KINETIC_HTTP_TIMEOUT", "120"))
+c.Spawner.start_timeout = int(env("KINETIC_START_TIMEOUT", "600"))
+# Workspace containers: limits per workspace (KINETIC_WORKSPACE_MEMORY, _CPUS, _PIDS); every other
+# option is `c.ContainerBackend.<name>` (jupyterhub --help-all lists them with their help).
+c.ContainerBackend.memory_limit = env("KINETIC_WORKSPACE_MEMORY", "2g")
+c.ContainerBackend.cpu_limit = float(env("KINETIC_WORKSPACE_CPUS", "1.0"))
+c.ContainerBackend.pids_limit = int(env("KINETIC_WORKSPACE_PIDS", "512"))
+c.ContainerBackend.orphan_grace_seconds = float(env("KINETIC_ORPHAN_GRACE_SECONDS", "60"))
 
 if PROFILE == "local":
     keys = ensure_standin_keys(STATE)
     c.KineticAuthenticator.sso_public_key_file = str(STATE / "keys" / "sso_public_key.pem")
     c.KineticAuthenticator.sso_encryption_key_file = str(STATE / "keys" / "sso_encryption_key")
     c.Authenticator.admin_users = set(seed.ADMINS)
-    c.WorkspaceSpawner.backend = "local"
-    c.WorkspaceSpawner.workspaces_root = str(STATE / "workspaces")
+    c.HomesOnThisHost.workspaces_root = str(STATE / "workspaces")
 elif PROFILE == "aws":
     # Production skeleton: the real Kinetic and EC2. Keys are files mounted from a secret store.
     c.KineticAuthenticator.sso_public_key_file = env("KINETIC_SSO_PUBLIC_KEY_FILE")
     c.KineticAuthenticator.sso_encryption_key_file = env("KINETIC_SSO_ENCRYPTION_KEY_FILE")
     c.Authenticator.admin_users = set(filter(None, env("KINETIC_ADMIN_UUIDS").split(",")))
     c.JupyterHub.db_url = env("KINETIC_DB_URL")
-    c.WorkspaceSpawner.backend = "aws"
 else:
     raise SystemExit(f"KINETIC_PROFILE must be 'local' or 'aws', not {PROFILE!r}")
 

@@ -25,6 +25,9 @@ c.JupyterHub.load_roles.append({
                "read:servers", "tokens", "shares", "read:shares"],
 })
 c.Authenticator.auth_refresh_age = int(os.environ.get("TEST_AUTH_REFRESH_AGE", "300"))
+if os.environ.get("TEST_FAKE_RSERVER"):
+    # RStudio Server cannot be installed here: a fake rserver, mounted into every workspace
+    c.ContainerBackend.extra_volumes = [os.environ["TEST_FAKE_RSERVER"] + ":/usr/local/bin/rserver:ro"]
 """
 
 
@@ -41,12 +44,14 @@ class Hub:
         self.log_path = state_dir / "hub.log"
         extra = state_dir / "extra_config.py"
         extra.write_text(EXTRA_CONFIG)
-        path_prefix = f"{FAKE_RSERVER_DIR}:" if rstudio else ""
+        path_prefix = f"{FAKE_RSERVER_DIR}:" if rstudio else ""  # for the process backend
         self.env = child_env(
             KINETIC_STATE_DIR=state_dir, KINETIC_HUB_PORT=self.port, KINETIC_HUB_API_PORT=free_port(),
             KINETIC_PROXY_API_PORT=free_port(), KINETIC_URL=standin.url, KINETIC_EXTRA_CONFIG=extra,
             KINETIC_ENCLAVE_PORT=free_port(), KINETIC_SMTP_PORT=free_port(),
-            TEST_OPERATOR_TOKEN=self.token, **(env_overrides or {}))
+            TEST_OPERATOR_TOKEN=self.token, KINETIC_ORPHAN_GRACE_SECONDS=5,
+            **({"TEST_FAKE_RSERVER": FAKE_RSERVER_DIR / "rserver"} if rstudio else {}),
+            **(env_overrides or {}))
         self.env["PATH"] = path_prefix + self.env["PATH"]
         self.proc = None
 

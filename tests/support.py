@@ -85,8 +85,9 @@ class Standin:
 @contextmanager
 def running_standin(state_dir: Path, seed_file: Path | None = None):
     port = free_port()
-    args = [sys.executable, "-m", "kinetic_auth.standin.app", "--port", str(port),
-            "--state-dir", str(state_dir)]
+    # beyond loopback: workspace containers fetch synthetic data through their network's gateway
+    args = [sys.executable, "-m", "kinetic_auth.standin.app", "--port", str(port), "--ip", "0.0.0.0",
+            "--public-url", f"http://127.0.0.1:{port}", "--state-dir", str(state_dir)]
     if seed_file:
         args += ["--seed", str(seed_file)]
     proc = start_process(args, state_dir / "standin.log")

@@ -208,7 +208,10 @@ class Responses(Base):
             self.require_enclave()
             kind = "real"
         token = self.state.data_token(api_key, kind, cutoff)
-        url = f"{self.state.public_url}/data/{a['id']}/{kind}/{cutoff}/{token}/responses.csv"
+        # on the origin the caller used (as a real presigned URL is reachable by whoever asked):
+        # a workspace container reaches the stand-in by another address than a browser does
+        origin = f"{self.request.protocol}://{self.request.host}"
+        url = f"{origin}/data/{a['id']}/{kind}/{cutoff}/{token}/responses.csv"
         self.finish({"status": "complete", "response_urls": [url]})
 
 
