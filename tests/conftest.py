@@ -5,6 +5,7 @@ import pytest
 from kinetic_auth.standin.seed import KATHERINE, default_seed
 
 from .hub import running_hub
+from .image_fixtures import workspace_image_fixture  # noqa: F401  (the `workspace_image` fixture)
 from .support import running_standin
 
 # An analysis whose text is hostile HTML: every page that shows Kinetic's data must escape it.
@@ -15,8 +16,11 @@ HOSTILE_ANALYSIS = {
 
 
 @pytest.fixture(scope="session")
-def standin(tmp_path_factory):
-    """A real Kinetic stand-in server (subprocess): the built-in seed plus one hostile analysis."""
+def standin(tmp_path_factory, workspace_image):
+    """A real Kinetic stand-in server (subprocess): the built-in seed plus one hostile analysis.
+
+    Every hub the tests start opens workspaces from it, so the workspace image is built (once,
+    first) before any hub needs it."""
     state = tmp_path_factory.mktemp("standin-state")
     seed = default_seed()
     seed["analyses"] = [*seed["analyses"], HOSTILE_ANALYSIS]
