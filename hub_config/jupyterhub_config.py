@@ -158,6 +158,15 @@ else:
         enclave_key_file=env("KINETIC_ENCLAVE_KEY_FILE"), runner="ec2",
         db_url=env("KINETIC_ENCLAVE_DB_URL"))
 
+# Managed services end with the hub, however it ends (SIGKILL included): a restarted hub then
+# starts exactly one of each instead of tripping over orphans (hub_config/die_with_hub.py).
+for _service in c.JupyterHub.services:
+    if _service.get("command") and _service["command"][:3] != [sys.executable, "-m", "hub_config.die_with_hub"]:
+        _service["command"] = [sys.executable, "-m", "hub_config.die_with_hub", "--", *_service["command"]]
+        _service.setdefault("environment", {})
+        _service["environment"]["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), _service["environment"].get("PYTHONPATH", "")) if p)
+
 # Local tweaks without editing this file (e.g. for tests): a Python file run in this namespace.
 extra = os.environ.get("KINETIC_EXTRA_CONFIG")
 if extra:

@@ -4,7 +4,7 @@ import pytest
 
 from kinetic_auth.standin.seed import KATHERINE, default_seed
 
-from .hub import running_hub
+from .hub import INSTANCES, remove_containers, running_hub
 from .image_fixtures import workspace_image_fixture  # noqa: F401  (the `workspace_image` fixture)
 from .support import running_standin
 
@@ -37,3 +37,11 @@ def hub(tmp_path_factory, standin):
     state = standin.state_dir
     with running_hub(state, standin, env_overrides={"TEST_AUTH_REFRESH_AGE": "1"}) as h:
         yield h
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_workspace_left_behind():
+    """Hubs stop their workspaces on the way out; a test that failed halfway may not have."""
+    yield
+    for instance in sorted(INSTANCES):
+        remove_containers(instance)

@@ -2,8 +2,11 @@
 the same file `make demo` uses, with ports and the state dir moved to the test's own."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import secrets
+import subprocess
 import shutil
 import sys
 import time
@@ -31,6 +34,23 @@ if os.environ.get("TEST_FAKE_RSERVER"):
 """
 
 
+# every hub's container label (ContainerBackend.instance), so the session can remove what a
+# failed test left running (tests/conftest.py)
+INSTANCES: set[str] = set()
+
+
+def container_instance(state_dir: Path) -> str:
+    root = os.path.realpath(state_dir / "workspaces")
+    return hashlib.sha256(root.encode()).hexdigest()[:10]
+
+
+def remove_containers(instance: str) -> None:
+    out = subprocess.run(["podman", "ps", "-aq", "--filter", f"label=org.kinetic.workspace.instance={instance}"],
+                         capture_output=True, text=True).stdout.split()
+    if out:
+        subprocess.run(["podman", "rm", "-f", "-t", "2", *out], capture_output=True)
+
+
 class Hub:
     def __init__(self, state_dir: Path, standin, env_overrides: dict | None = None, rstudio: bool = True):
         self.state_dir = state_dir
@@ -39,6 +59,8 @@ class Hub:
             # a hub of its own still trusts the stand-in's cookies: same keys
             shutil.copytree(standin.state_dir / "keys", state_dir / "keys")
         self.token = secrets.token_hex(16)
+        self.instance = container_instance(state_dir)
+        INSTANCES.add(self.instance)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = state_dir / "hub.log"
@@ -49,9 +71,10 @@ class Hub:
             KINETIC_STATE_DIR=state_dir, KINETIC_HUB_PORT=self.port, KINETIC_HUB_API_PORT=free_port(),
             KINETIC_PROXY_API_PORT=free_port(), KINETIC_URL=standin.url, KINETIC_EXTRA_CONFIG=extra,
             KINETIC_ENCLAVE_PORT=free_port(), KINETIC_SMTP_PORT=free_port(),
-            TEST_OPERATOR_TOKEN=self.token, KINETIC_ORPHAN_GRACE_SECONDS=5,
-            **({"TEST_FAKE_RSERVER": FAKE_RSERVER_DIR / "rserver"} if rstudio else {}),
-            **(env_overrides or {}))
+            TEST_OPERATOR_TOKEN=self.token,
+            **{"KINETIC_ORPHAN_GRACE_SECONDS": 5,
+               **({"TEST_FAKE_RSERVER": FAKE_RSERVER_DIR / "rserver"} if rstudio else {}),
+               **(env_overrides or {})})
         self.env["PATH"] = path_prefix + self.env["PATH"]
         self.proc = None
 
@@ -62,9 +85,15 @@ class Hub:
              str(ROOT / "hub_config" / "jupyterhub_config.py")],
             self.log_path, env=self.env, cwd=self.state_dir)
         wait_for_http(self.url + "/hub/api", timeout=timeout, proc=self.proc)
-        # the proxy answers 404 until the hub has added its own route
+        # the proxy answers 404 until the hub has added its own route; after a crash, the old
+        # proxy answers until the new hub replaces it
         deadline = time.monotonic() + timeout
-        while requests.get(self.url + "/hub/api", timeout=5).status_code != 200:
+        while True:
+            try:
+                if requests.get(self.url + "/hub/api", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"hub did not come up\n{self.log()[-3000:]}")
             time.sleep(0.1)
