@@ -313,7 +313,7 @@ def write_context(ctx: Path, base: str, fp: str, pins: list[str], files: dict,
                 shutil.copy2(w, wheels / w.name)
 
 
-_lock: asyncio.Lock | None = None
+_locks: dict[int, asyncio.Lock] = {}     # one build at a time per event loop (locks bind to one)
 
 
 async def ensure_workspace_image(on_progress=None, *, podman: str = "podman",
@@ -325,14 +325,12 @@ async def ensure_workspace_image(on_progress=None, *, podman: str = "podman",
     ``layer_cache=False`` rebuilds every layer, keeping no intermediate images, and ``repo`` names
     another repository (the benchmark's cold build, which must not disturb workspaces running
     the real tag). With the layer cache, a change to a copied file rebuilds in seconds."""
-    global _lock
     base, containerfile, pins, files = await asyncio.to_thread(_inputs)
     fp = fingerprint(base, containerfile, pins, files)
     tag = f"{repo}:{fp[:24]}"
     if await base_images.image_exists(tag, podman):
         return tag
-    _lock = _lock or asyncio.Lock()
-    async with _lock:
+    async with _locks.setdefault(id(asyncio.get_running_loop()), asyncio.Lock()):
         if await base_images.image_exists(tag, podman):
             return tag
         check_python()
