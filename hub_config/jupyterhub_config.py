@@ -115,6 +115,9 @@ c.JupyterHub.spawner_class = "kinetic-workspace"
 c.WorkspaceSpawner.kinetic_url = KINETIC_URL
 c.WorkspaceSpawner.backend = WORKSPACE_BACKEND
 c.Spawner.http_timeout = int(env("KINETIC_HTTP_TIMEOUT", "120"))
+# How often a workspace tells the hub it is in use (a computing kernel counts, no browser needed);
+# the idle culler reads that. JupyterHub's default is 300 s; keep it well under KINETIC_IDLE_TIMEOUT.
+c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": env("KINETIC_ACTIVITY_INTERVAL", "300")}
 c.Spawner.start_timeout = int(env("KINETIC_START_TIMEOUT", "600"))
 # Workspace containers: limits per workspace (KINETIC_WORKSPACE_MEMORY, _CPUS, _PIDS); every other
 # option is `c.ContainerBackend.<name>` (jupyterhub --help-all lists them with their help).

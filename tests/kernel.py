@@ -43,17 +43,30 @@ class Kernel:
     def run(self, code: str, timeout: float = 120) -> Result:
         return asyncio.run(self._run(code, timeout))
 
-    async def _run(self, code: str, timeout: float) -> Result:
+    def submit(self, code: str, watch: float = 20) -> str:
+        """Start ``code``, watch it for ``watch`` seconds, and hang up: the kernel computes on with
+        nobody watching. Returns what it printed meanwhile."""
+        try:
+            result = self.run(code, timeout=watch)
+        except TimeoutError as still_running:
+            return str(still_running)
+        raise AssertionError(f"the code finished within {watch} s: {result}")
+
+    async def _execute(self, code: str):
         ws_url = self.server_url.replace("http", "ws", 1) + f"api/kernels/{self.id}/channels"
         conn = await websocket_connect(HTTPRequest(ws_url, headers=self.headers), max_message_size=64 << 20)
         msg_id = uuid.uuid4().hex
-        conn.write_message(json.dumps({
+        await conn.write_message(json.dumps({
             "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
                        "session": uuid.uuid4().hex, "version": "5.3"},
             "parent_header": {}, "metadata": {}, "channel": "shell",
             "content": {"code": code, "silent": False, "store_history": False,
                         "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
         }))
+        return conn, msg_id
+
+    async def _run(self, code: str, timeout: float) -> Result:
+        conn, msg_id = await self._execute(code)
         out, err, error, status = [], [], "", "ok"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -63,7 +76,11 @@ class Kernel:
                 if left <= 0:
                     raise TimeoutError(f"kernel did not finish within {timeout} s; output so far: "
                                        f"{''.join(out)[-500:]}")
-                raw = await asyncio.wait_for(conn.read_message(), left)
+                try:
+                    raw = await asyncio.wait_for(conn.read_message(), left)
+                except asyncio.TimeoutError:
+                    raise TimeoutError(f"kernel did not finish within {timeout} s; output so far: "
+                                       f"{''.join(out)[-500:]}") from None
                 if raw is None:
                     return Result("".join(out), "".join(err), error or "connection closed", "dead")
                 msg = json.loads(raw)
@@ -83,6 +100,12 @@ class Kernel:
                     return Result("".join(out), "".join(err), error, status)
         finally:
             conn.close()
+
+    def state(self) -> str:
+        """The kernel's execution state as its server reports it (busy, idle, ...)."""
+        r = requests.get(self.server_url + f"api/kernels/{self.id}", headers=self.headers, timeout=30)
+        r.raise_for_status()
+        return r.json()["execution_state"]
 
     def shutdown(self) -> None:
         requests.delete(self.server_url + f"api/kernels/{self.id}", headers=self.headers, timeout=30)

@@ -6,6 +6,7 @@ import pytest
 from kinetic_auth.standin.seed import ADA, GRACE
 
 from .hub import running_hub
+from .kernel import Kernel
 
 
 @pytest.fixture
@@ -28,6 +29,31 @@ def test_an_idle_workspace_is_culled_and_its_files_come_back(own_state, standin)
         page = hub.open_analysis(grace, 103)
         assert page.status_code == 200 and "/a-103/" in page.url
         assert work.read_text() == "summary(1:10)\n"
+
+
+def test_a_computing_workspace_is_not_culled_while_an_idle_one_is(own_state, standin):
+    """No browser on either: Ada's kernel computes, Grace's workspace sits idle."""
+    env = {"KINETIC_IDLE_TIMEOUT": "15", "KINETIC_IDLE_CHECK_EVERY": "3", "KINETIC_ACTIVITY_INTERVAL": "3"}
+    with running_hub(own_state, standin, env_overrides=env, rstudio=False) as hub:
+        ada, grace = hub.browser_session(ADA), hub.browser_session(GRACE)
+        assert hub.open_analysis(ada, 101, timeout=180).status_code == 200
+        assert hub.open_analysis(grace, 103, timeout=180).status_code == 200
+        ada.close()
+        grace.close()
+        token = hub.api("POST", f"/users/{ADA}/tokens", json={"expires_in": 600}).json()["token"]
+        kernel = Kernel(f"{hub.url}/user/{ADA}/a-101/", token)
+        kernel.submit('for (i in 1:120) Sys.sleep(1)', watch=3)  # two silent minutes of work
+        assert kernel.state() == "busy"
+        t0 = time.monotonic()
+        while hub.servers(GRACE).get("a-103", {}).get("ready"):
+            assert time.monotonic() - t0 < 90, "the idle workspace was not culled"
+            time.sleep(1)
+        culled_after = time.monotonic() - t0
+        assert culled_after > 5  # idle for the timeout, not stopped at once
+        # twice the idle timeout since anyone touched Ada's workspace: computing, so still there
+        time.sleep(max(0.0, t0 + 32 - time.monotonic()))
+        assert hub.servers(ADA).get("a-101", {}).get("ready"), "the computing workspace was culled"
+        assert kernel.state() == "busy"
 
 
 def test_a_hub_restart_keeps_a_running_workspace(own_state, standin):

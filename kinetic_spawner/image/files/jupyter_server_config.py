@@ -3,6 +3,7 @@
 
 * R is the default kernel: a console or notebook that does not name a kernel gets R, and the
   kernel chooser preselects R (JupyterLab falls back to the server's default kernel).
+* A busy kernel counts as activity for the idle culler (``kinetic_busy_activity``).
 * RStudio (jupyter-rsession-proxy) is registered only where an ``rserver`` exists, found the way
   jupyter-rsession-proxy itself looks for it. The image drops the proxy's entry point, which
   would otherwise always add an RStudio launcher tile that leads to a bare 500 page.
@@ -10,6 +11,10 @@
 c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
 
 c.MappingKernelManager.default_kernel_name = "ir"
+
+# A kernel computing without printing is activity too (kinetic_busy_activity.py): otherwise the
+# hub's idle culler stops a workspace in the middle of a long computation.
+c.ServerApp.jpserver_extensions = {"kinetic_busy_activity": True}
 
 
 def _rstudio_server():
