@@ -23,15 +23,15 @@ async def verdict_of(tmp_path, name, data, **kw):
     return f
 
 
-async def test_clean_aggregate_table_passes_with_context_and_manifest(tmp_path):
+async def test_clean_aggregate_table_passes_with_manifest(tmp_path):
     out = write(tmp_path / "output", {"counts.csv": CLEAN,
                                       "sub/rowname.csv": '"","course","n"\n"1","bio",40\n"2","chem",12\n'})
-    report = await check_outputs(out, context={"counts.csv": "minutes per group"})
+    report = await check_outputs(out)
     assert report.verdict == "pass", report.to_dict()
     assert report.manifest == {"counts.csv": hashlib.sha256(CLEAN.encode()).hexdigest(),
                                "sub/rowname.csv": hashlib.sha256((out / "sub/rowname.csv").read_bytes()).hexdigest()}
     counts = report.files[0]
-    assert (counts.path, counts.bytes, counts.context) == ("counts.csv", len(CLEAN), "minutes per group")
+    assert (counts.path, counts.bytes, counts.findings) == ("counts.csv", len(CLEAN), [])
     assert report.to_dict()["manifest"] == report.manifest
 
 
