@@ -220,9 +220,17 @@ def upgrade(engine, revision: str = "head") -> None:
     """Bring the database to ``revision``. A database made before migrations existed (tables but no
     ``alembic_version``) is first stamped as the first revision, which is that schema."""
     from alembic import command
-    with engine.begin() as conn:
-        cfg = _alembic_config(conn)
-        tables = set(inspect(conn).get_table_names())
-        if "runs" in tables and "alembic_version" not in tables:
-            command.stamp(cfg, "0001")
-        command.upgrade(cfg, revision)
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:   # SQLite alters a table by copying it; foreign keys would refuse the drop
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        with conn.begin():
+            cfg = _alembic_config(conn)
+            tables = set(inspect(conn).get_table_names())
+            if "runs" in tables and "alembic_version" not in tables:
+                command.stamp(cfg, "0001")
+            command.upgrade(cfg, revision)
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
