@@ -1,6 +1,7 @@
 """The real-data download the enclave depends on: retried like every idempotent Kinetic call, and a
 failure is a KineticError with its status and words (never 'unexpected error … HTTPClientError')."""
 import pytest
+import pytest_asyncio
 from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
 
@@ -8,7 +9,7 @@ from kinetic_auth.kinetic import KineticClient, KineticError
 from tests.support import free_port
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def flaky():
     hits = {"n": 0}
 
