@@ -25,7 +25,7 @@ from . import db as dbm
 from .db import Release, Review
 from .retention import days_words, release_missing
 from .states import State
-from .web import BaseHandler, Caller, my_runs, review_queue, run_detail, run_summary
+from .web import BaseHandler, my_runs, review_queue, run_detail, run_summary
 
 log = logging.getLogger("enclave.api")
 

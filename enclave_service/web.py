@@ -68,6 +68,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             c = Caller(name=model["name"], kind=model.get("kind", "user"))
             if c.kind == "user":
                 full = await self.service.hub_user(c.name) or {}
+                if not (full.get("auth_state") or {}).get("sso_cookie"):
+                    # just signed in again: the cached model may predate the new sign-in
+                    full = await self.service.hub_user(c.name, max_age=0) or {}
                 c.groups = full.get("groups") or []
                 state = full.get("auth_state") or {}
                 c.sso = state.get("sso_cookie", "")
