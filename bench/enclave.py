@@ -49,7 +49,8 @@ def r_elapsed(logs: str) -> float:
 async def _pipeline_runs(tmp: Path):
     from enclave_service import db as dbm
     from enclave_service.archive import create_archive
-    from enclave_service.db import Database, Event, Run, State
+    from enclave_service.db import Database, Event, Run
+    from enclave_service.states import WITHDRAWABLE, State
     from enclave_service.images import ensure_base_image, image_exists
     from enclave_service.kinetic_sync import KineticSync
     from enclave_service.pipeline import Pipeline
@@ -107,7 +108,7 @@ async def _pipeline_runs(tmp: Path):
         bare_r.append(r_elapsed(out.stdout))
     # end the runs the way the service does (withdrawn → container, code folder and image removed)
     for res_id in await db.run(lambda s: [r.id for r in s.query(Run)]):
-        await p.transition(res_id, dbm.WITHDRAWABLE, State.WITHDRAWN, "bench done")
+        await p.runs.transition(res_id, WITHDRAWABLE, State.WITHDRAWN, "bench done")
         await p.finish(res_id)
     removed = not await image_exists(image)
     db.close()

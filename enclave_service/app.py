@@ -2,11 +2,11 @@
 
     python -m enclave_service.app          (started by JupyterHub; see hub_integration.py)
 
-Configuration is a traitlets Application: every option can come from a config file
-(``--config=FILE``), the command line (``--EnclaveService.required_approvals=1``) or an
-``ENCLAVE_*`` environment variable set by the hub (see ``configure_enclave_service``). JupyterHub
-itself provides ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX``
-and the OAuth client settings.
+Configuration is a traitlets Application and comes one way: a config file (``--config=FILE``,
+JSON or Python) that the hub writes for it (``configure_enclave_service``), or the command line
+(``--EnclaveService.required_approvals=1``). The risk appetite (thresholds, limits, rule levels) is
+part of it: ``EnclaveService.risk_appetite``. JupyterHub itself provides ``JUPYTERHUB_API_TOKEN``,
+``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX`` and the OAuth client settings.
 """
 from __future__ import annotations
 
@@ -31,160 +31,59 @@ log = logging.getLogger("enclave")
 HERE = Path(__file__).parent
 
 
-def _env(name: str, fallback: str = "") -> str:
-    return os.environ.get(f"ENCLAVE_{name}", fallback)
-
-
 class EnclaveService(Application):
     name = "enclave-service"
     description = "Kinetic enclave: submit → checks → isolated run → review → release"
 
-    state_dir = Unicode(config=True, help="""Folder for the database, archives, run folders and
-        releases (default $ENCLAVE_STATE_DIR or ./state/enclave).""")
-
-    @default("state_dir")
-    def _state_dir(self):
-        return _env("STATE_DIR", "state/enclave")
-
+    state_dir = Unicode("state/enclave", config=True,
+                        help="Folder for the database, archives, run folders and releases.")
     db_url = Unicode(config=True, help="SQLAlchemy URL; default: SQLite file enclave.sqlite in state_dir.")
 
     @default("db_url")
     def _db_url(self):
-        return _env("DB_URL") or f"sqlite:///{Path(self.state_dir).resolve() / 'enclave.sqlite'}"
+        return f"sqlite:///{Path(self.state_dir).resolve() / 'enclave.sqlite'}"
 
-    kinetic_url = Unicode(config=True, help="Base URL of Kinetic (or the stand-in). Empty: no Kinetic.")
-
-    @default("kinetic_url")
-    def _kinetic_url(self):
-        return _env("KINETIC_URL")
-
-    kinetic_cookie_name = Unicode(config=True, help="Name of Kinetic's SSO cookie (oxa; oxa_staging on staging).")
-
-    @default("kinetic_cookie_name")
-    def _cookie(self):
-        return _env("KINETIC_COOKIE_NAME", "oxa")
-
-    enclave_key_file = Unicode(config=True, help="""File holding Kinetic's enclave Bearer key (real data
+    kinetic_url = Unicode("", config=True, help="Base URL of Kinetic (or the stand-in). Empty: no Kinetic.")
+    kinetic_cookie_name = Unicode("oxa", config=True, help="Name of Kinetic's SSO cookie (oxa; oxa_staging on staging).")
+    enclave_key_file = Unicode("", config=True, help="""File holding Kinetic's enclave Bearer key (real data
         and the enclave run API). Read at start; never logged, never given to a run. Empty: Kinetic
         sync and real-data staging are off.""")
-
-    @default("enclave_key_file")
-    def _ekf(self):
-        return _env("KINETIC_KEY_FILE")
-
-    kinetic_sync = Bool(config=True, help="Report runs to Kinetic (run, log lines, upload, completion).")
-
-    @default("kinetic_sync")
-    def _ks(self):
-        return _env("KINETIC_SYNC", "1") not in ("0", "false", "no", "")
-
-    public_url = Unicode(config=True, help="The hub's public URL (mail links point to it).")
-
-    @default("public_url")
-    def _public_url(self):
-        return _env("PUBLIC_URL", "http://127.0.0.1:8000")
-
-    smtp_host = Unicode(config=True, help="SMTP server for release mail.")
-
-    @default("smtp_host")
-    def _smtp_host(self):
-        return _env("SMTP_HOST", "127.0.0.1")
-
-    smtp_port = Integer(config=True, help="SMTP port (0 disables mail).")
-
-    @default("smtp_port")
-    def _smtp_port(self):
-        return int(_env("SMTP_PORT", "0") or 0)
-
-    mail_from = Unicode(config=True, help="From address of release mail.")
-
-    @default("mail_from")
-    def _mail_from(self):
-        return _env("MAIL_FROM", "Kinetic enclave <enclave@kinetic.invalid>")
-
-    reviewers_group = Unicode(config=True, help="Hub group whose members review outputs.")
-
-    @default("reviewers_group")
-    def _rg(self):
-        return _env("REVIEWERS_GROUP", "reviewers")
-
-    required_approvals = Integer(config=True, help="Independent approvals a release needs (default 2).")
-
-    @default("required_approvals")
-    def _ra(self):
-        return int(_env("REQUIRED_APPROVALS", "2"))
-
-    runner = Unicode(config=True, help="""Runner: 'podman' (this machine), 'ec2', or 'module:Class'
-        for a custom implementation of enclave_service.runners.Runner.""")
-
-    @default("runner")
-    def _runner(self):
-        return _env("RUNNER", "podman")
-
-    run_wall_seconds = Integer(config=True, help="Wall-clock limit of one run, in seconds.")
-
-    @default("run_wall_seconds")
-    def _rws(self):
-        return int(_env("RUN_WALL_SECONDS", "3600"))
-
+    kinetic_sync = Bool(True, config=True, help="Report runs to Kinetic (run, log lines, upload, completion).")
+    public_url = Unicode("http://127.0.0.1:8000", config=True, help="The hub's public URL (mail links point to it).")
+    smtp_host = Unicode("127.0.0.1", config=True, help="SMTP server for release mail.")
+    smtp_port = Integer(0, config=True, help="SMTP port (0 disables mail).")
+    mail_from = Unicode("Kinetic enclave <enclave@kinetic.invalid>", config=True, help="From address of release mail.")
+    reviewers_group = Unicode("reviewers", config=True, help="Hub group whose members review outputs.")
+    required_approvals = Integer(2, config=True, help="Independent approvals a release needs (default 2).")
+    runner = Unicode("podman", config=True, help="""Runner: 'podman' (this machine), 'ec2', or 'module:Class'
+        for a custom implementation of enclave_service.runners.Runner. Its own options are set under
+        its class name (PodmanRunner, EC2Runner) in the same configuration.""")
     step_limits = Dict(config=True, help="""Time limit (seconds) per pipeline step, by step name
         (archive, code, build, run, outputs, review, release); unnamed steps keep their defaults.""")
-
-    @default("step_limits")
-    def _sl(self):
-        return json.loads(_env("STEP_LIMITS", "{}"))
-
-    max_parallel_runs = Integer(config=True, help="Runs the pipeline works on at the same time.")
-
-    @default("max_parallel_runs")
-    def _mpr(self):
-        return int(_env("MAX_PARALLEL_RUNS", "2"))
-
-    workspaces_root = Unicode(config=True, help="""Local backend: the folder that holds one workspace
+    max_parallel_runs = Integer(2, config=True, help="Runs the pipeline works on at the same time.")
+    workspaces_root = Unicode("", config=True, help="""Local backend: the folder that holds one workspace
         home per analysis (<root>/<analysis_id>). When set, a JSON submit {analysis_id, message}
         makes the service snapshot that folder itself. Empty: only archive uploads are accepted.""")
-
-    @default("workspaces_root")
-    def _wr(self):
-        return _env("WORKSPACES_ROOT")
-
-    show_run_logs_to_researchers = Bool(config=True, help="""Show the run's console log to researchers.
+    show_run_logs_to_researchers = Bool(False, config=True, help="""Show the run's console log to researchers.
         Off by default: the log of a run against real data can print real data, so it is shown to
         reviewers only (researchers see the failure reason in words).""")
-
-    @default("show_run_logs_to_researchers")
-    def _srl(self):
-        return _env("SHOW_RUN_LOGS", "0") in ("1", "true", "yes")
-
-    max_archive_bytes = Integer(config=True, help="Largest archive upload accepted (bytes).")
-
-    @default("max_archive_bytes")
-    def _mab(self):
-        return int(_env("MAX_ARCHIVE_BYTES", str(200 * 2**20)))
-
-    retention_days = Float(config=True, help="""Days a finished run's stored code archive and outputs
+    max_archive_bytes = Integer(200 * 2**20, config=True, help="Largest archive upload accepted (bytes).")
+    risk_appetite = Dict(config=True, help="""Overrides of the risk appetite (enclave_service/risk_appetite.yaml:
+        archive, run, output_volume, outputs and code sections), merged over the defaults; e.g.
+        {"outputs": {"min_cell_count": 20}}. Unknown keys stop the service at start with their name.""")
+    risk_appetite_file = Unicode("", config=True, help="""A YAML file laid out like risk_appetite.yaml whose
+        values replace the defaults (risk_appetite is merged on top of it).""")
+    enforce_output_volume = Bool(False, config=True, help="""Refuse to run an analysis when output/ cannot be
+        a size-limited volume (the service is not root). Off: the limits are then checked after the run.""")
+    retention_days = Float(30, config=True, help="""Days a finished run's stored code archive and outputs
         are kept (counted from its final state); then they are deleted and the deletion is recorded
         in the run's timeline. The database rows (the audit trail) are never deleted. 0 keeps them
-        forever. $ENCLAVE_RETENTION_DAYS, default 30.""")
-
-    @default("retention_days")
-    def _rd(self):
-        return float(_env("RETENTION_DAYS", "30"))
-
-    release_retention_days = Float(config=True, help="""Days the release zip of a released run stays
+        forever. A failed or withdrawn run's outputs go at once.""")
+    release_retention_days = Float(90, config=True, help="""Days the release zip of a released run stays
         downloadable (counted from the release); then it is deleted and a download answers 410
-        Gone. 0 keeps it forever. $ENCLAVE_RELEASE_RETENTION_DAYS, default 90.""")
-
-    @default("release_retention_days")
-    def _rrd(self):
-        return float(_env("RELEASE_RETENTION_DAYS", "90"))
-
-    prune_interval_seconds = Float(config=True, help="""How often the janitor deletes what the retention
-        periods no longer cover (it also runs at start-up). $ENCLAVE_PRUNE_INTERVAL_SECONDS, default 3600.""")
-
-    @default("prune_interval_seconds")
-    def _pis(self):
-        return float(_env("PRUNE_INTERVAL_SECONDS", "3600"))
+        Gone. 0 keeps it forever.""")
+    prune_interval_seconds = Float(3600, config=True, help="""How often the janitor deletes what the retention
+        periods no longer cover (it also runs at start-up).""")
 
     ip = Unicode(config=True, help="Listen address (default: from JUPYTERHUB_SERVICE_URL).")
     port = Integer(config=True, help="Listen port (default: from JUPYTERHUB_SERVICE_URL).")
@@ -207,6 +106,11 @@ class EnclaveService(Application):
     config_file = Unicode("", config=True, help="Config file to load.")
 
     # -- runtime objects ------------------------------------------------------------------------
+    def appetite(self):
+        """The risk appetite this service judges by (defaults, then the file, then the dict)."""
+        from .risk_appetite import RiskAppetite
+        return RiskAppetite.from_config(self.risk_appetite, self.risk_appetite_file or None)
+
     def make_runner(self):
         name = self.runner
         if name in ("", "none"):
@@ -229,8 +133,8 @@ class EnclaveService(Application):
 
         from .kinetic_sync import KineticSync
         from .mail import Mailer
+        from .output_volume import OutputVolume
         from .pipeline import Pipeline
-        from .runners import RunLimits
 
         state = Path(self.state_dir).resolve()
         (state / "runs").mkdir(parents=True, exist_ok=True)
@@ -243,18 +147,25 @@ class EnclaveService(Application):
         sync = KineticSync(client if (self.kinetic_sync and key) else None)
         db = Database(self.db_url)
         mailer = Mailer(self.smtp_host, self.smtp_port, self.mail_from) if self.smtp_port else None
+        appetite = self.appetite()
         pipeline = Pipeline(db=db, runs_dir=state / "runs", kinetic=sync, runner=self.make_runner(),
                             mailer=mailer, public_url=self.public_url, service_prefix=self.service_prefix,
-                            limits=self.step_limits, run_limits=RunLimits(wall_seconds=self.run_wall_seconds),
+                            limits=self.step_limits, archive_limits=appetite.archive, run_limits=appetite.run,
+                            output_rules=appetite.outputs, code_rules=appetite.code,
+                            output_volume=OutputVolume(appetite.output_volume, self.enforce_output_volume),
                             max_parallel=self.max_parallel_runs, retention_days=self.retention_days,
                             release_retention_days=self.release_retention_days)
         service = Service(self, db, pipeline, client)
         return service
 
-    def start(self):
-        logging.basicConfig(level=logging.INFO, format="[enclave %(levelname)s %(asctime)s] %(message)s")
+    def initialize(self, argv=None):
+        super().initialize(argv)
         if self.config_file:
             self.load_config_file(self.config_file)
+        self.appetite()    # a risk appetite that does not fit stops the service now, in words
+
+    def start(self):
+        logging.basicConfig(level=logging.INFO, format="[enclave %(levelname)s %(asctime)s] %(message)s")
         asyncio.run(self._main())
 
     async def _main(self):

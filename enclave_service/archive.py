@@ -15,9 +15,9 @@ Entries live under ``archive/`` (as in the original). What is left out and why (
 - ``.local/share/renv`` and ``renv/library``, ``renv/staging``: the renv package cache and the project
   library (whose entries are symlinks into that cache). The enclave image restores packages from
   ``renv.lock``; shipping the binaries would only smuggle native code past the code checks.
-- ``.Renviron`` and ``.Rhistory``: ``.Renviron`` holds the analysis' *synthetic-data* API key. The enclave
-  injects the run's own key at run time, so the synthetic key never needs to enter the enclave, an image
-  layer or the archive store (W3). ``.Rhistory`` is typed console input (it can hold pasted secrets) and is
+- ``.Renviron`` and ``.Rhistory``: ``.Renviron`` holds the analysis' *synthetic-data* API key. A run needs
+  no key at all (the service stages the real data as files), so the synthetic key never needs to enter
+  the enclave, an image layer or the archive store (W3). ``.Rhistory`` is typed console input (it can hold pasted secrets) and is
   not an input of the run.
 
 Symlinks are refused, in-tree ones too: a symlink is either an escape (``data -> /etc``) or an alias that
@@ -64,6 +64,11 @@ class ArchiveLimits:
     max_total_bytes: int = 200 * 2**20
     max_files: int = 20000
     max_file_bytes: int = 100 * 2**20
+    # pax extended headers and GNU long names are read whole into memory by tarfile: bounded
+    # before they are read (a 5 KB archive can announce a 150 MiB header)
+    max_header_bytes: int = 64 * 2**10
+    # zstd frames may ask for a window of up to 2 GiB of memory; ours use far less
+    max_window_bytes: int = 2**27
 
 
 @dataclass
@@ -261,17 +266,35 @@ class _BoundedReader:
         return b
 
 
+_HEADER_TYPES = {tarfile.XHDTYPE: "a pax extended header", tarfile.XGLTYPE: "a pax global header",
+                 tarfile.SOLARIS_XHDTYPE: "a pax extended header", tarfile.GNUTYPE_LONGNAME: "a GNU long name",
+                 tarfile.GNUTYPE_LONGLINK: "a GNU long link name"}
+
+
+def _bounded_tarinfo(max_header: int) -> type:
+    """A TarInfo whose header extensions are refused, by their announced size, before tarfile
+    reads them into memory."""
+    class BoundedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, tarfile_):
+            what = _HEADER_TYPES.get(self.type)
+            if what and self.size > max_header:
+                raise ArchiveError(f"refused: the archive has {what} of {self.size} bytes "
+                                   f"(at most {max_header} are read)")
+            return super()._proc_member(tarfile_)
+    return BoundedTarInfo
+
+
 def _members(archive: Path, limits: ArchiveLimits):
     """Yield (member, relative path or None for the root, tarfile) while hashing; caller drains."""
     # Headers and padding add at most ~1.5 KiB per entry on top of the data (pax headers included).
     cap = limits.max_total_bytes + (limits.max_files * 2 + 64) * 1536
     with open(archive, "rb") as raw:
         hr = _Hashing(raw)
-        dctx = zstandard.ZstdDecompressor()
+        dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
         with dctx.stream_reader(hr, closefd=False) as zr:
             br = _BoundedReader(zr, cap)
             try:
-                tf = tarfile.open(fileobj=br, mode="r|")
+                tf = tarfile.open(fileobj=br, mode="r|", tarinfo=_bounded_tarinfo(limits.max_header_bytes))
                 for m in tf:
                     yield m, _check_name(m.name), tf
                 while hr.read(CHUNK):  # hash trailing bytes too

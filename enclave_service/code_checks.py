@@ -9,8 +9,13 @@ not by how they look. Rules are data (:class:`CallRule`, :class:`CodeRules`) so 
 
 Secrets are searched in *every* text file, with the secret masked in what we report (never echoed).
 ``.Renviron`` is where the workspace keeps the analysis' synthetic-data key (``ANALYSIS_API_KEY``), so
-that one assignment is allowed there; we recommend the service keeps ``.Renviron`` out of archives
-altogether (``archive.DEFAULT_EXCLUDE`` does) and injects the run's own key at run time.
+that one assignment is allowed there; ``archive.DEFAULT_EXCLUDE`` keeps ``.Renviron`` out of archives
+altogether, and a run needs no key: the service stages the real data as files.
+
+**These checks are advisory.** R can compute the name of what it calls (``get(paste0(...))``,
+``match.fun``, ``do.call`` with a computed name, ``eval``), so no static check can prove what a
+program will do; what holds is the container (no network, no host files, limits). The checks tell
+the reviewers what to look at, and the indirection patterns are flagged ``review`` for that reason.
 
 Infrastructure trouble (Rscript missing, crashing, timing out) is reported as a ``fail`` finding with
 rule ``check-error``: the checks fail closed, and the message says it is not the researcher's fault.
@@ -53,7 +58,7 @@ class CallRule:
 
 DEFAULT_CALL_RULES: tuple[CallRule, ...] = (
     CallRule("network", "fail", "reaches the network, which the enclave does not have",
-             ("download.file", "download.packages", "url", "curlGetHeaders", "socketConnection",
+             ("download.file", "download.packages", "url", "curlGetHeaders", "nsl", "utils::nsl", "socketConnection",
               "make.socket", "serverSocket", "socketAccept", "curl::*", "httr::*", "httr2::*", "RCurl::*",
               "crul::*", "jsonlite::read_json"),
              ("curl", "httr", "httr2", "RCurl", "crul", "RSelenium", "rvest")),
@@ -72,9 +77,10 @@ DEFAULT_CALL_RULES: tuple[CallRule, ...] = (
              (".C", ".Call", ".External", ".Fortran")),
     CallRule("working-directory", "review", "changes the working directory; paths may leave the project",
              ("setwd",)),
-    CallRule("environment", "review", "reads environment variables; the enclave sets only ANALYSIS_API_KEY",
-             ("Sys.getenv",)),
-    CallRule("dynamic-code", "review", "runs code built from text, which cannot be checked", ()),
+    CallRule("environment", "review", "reads environment variables; a run gets none but HOME, LANG, TZ and "
+             "TMPDIR (the real data comes as files, never as a key)", ("Sys.getenv",)),
+    CallRule("dynamic-code", "review", "runs code built from text, which cannot be checked",
+             ("eval", "evalq", "eval.parent", "base::eval", "rlang::eval_tidy", "rlang::parse_expr")),
 )
 
 
@@ -87,6 +93,11 @@ class CodeRules:
     # Absolute paths under these roots are a fail (system files); other paths leaving the project review.
     system_roots: tuple[str, ...] = ("/etc", "/proc", "/sys", "/dev", "/root", "/run", "/boot", "/var")
     outside_severity: str = "review"
+    # indirection: a call whose target is computed at run time (get(paste0(...)), match.fun(x),
+    # do.call(paste0(...), ...)) cannot be judged statically
+    computed_targets: tuple[str, ...] = ("get", "get0", "mget", "match.fun", "getFunction", "do.call",
+                                         "getExportedValue", "exists")
+    indirection_severity: str = "review"
     rscript: str = "Rscript"
     timeout: float = 60.0  # seconds for the whole parse
     max_scan_bytes: int = 5 * 2**20  # larger text files are not searched for secrets (reported)
@@ -206,7 +217,26 @@ def _analyse(rel: str, toks: list, lines: list[str], rules: CodeRules) -> list[F
 
     stack: list[str | None] = []
     pending: str | None = None
+    opened: str | None = None        # the call whose '(' the previous token was
+    path_call: list | None = None    # file.path("", ...): the pieces seen so far
     for i, (line, tok, val) in enumerate(toks):
+        first_arg_of, opened = opened, None
+        if first_arg_of in rules.computed_targets and (
+                tok == "SYMBOL_FUNCTION_CALL" or (tok == "SYMBOL" and first_arg_of != "do.call")):
+            what = f"{val}(...)" if tok == "SYMBOL_FUNCTION_CALL" else f"the variable {val}"
+            add(line, "indirection", rules.indirection_severity,
+                f"{first_arg_of}() is given {what}: the function or object it reaches is computed at run "
+                "time, so the checks cannot see what it is")
+        if first_arg_of == "file.path" and tok == "STR_CONST" and val == "":
+            path_call = [line, len(stack)]
+        elif path_call is not None and tok == "STR_CONST" and len(stack) == path_call[1]:
+            root = "/" + val.strip("/")
+            severity = "fail" if root in rules.system_roots else rules.outside_severity
+            add(path_call[0], "outside-project", severity,
+                f'file.path("", "{val}", ...) builds an absolute path: only the project is in the enclave')
+            path_call = None
+        elif path_call is not None and len(stack) < path_call[1]:
+            path_call = None
         prev = toks[i - 1][1] if i else ""
         ns = toks[i - 2][2] if i >= 2 and prev in ("NS_GET", "NS_GET_INT") else None
         top = stack[-1] if stack else None
@@ -224,6 +254,7 @@ def _analyse(rel: str, toks: list, lines: list[str], rules: CodeRules) -> list[F
             continue
         if tok == "'('":
             stack.append(pending)
+            opened = pending
         elif tok == "')'" and stack:
             stack.pop()
         elif tok == "SYMBOL_SUB" and val == "text" and top == "parse" and "dynamic-code" in by_name:

@@ -8,80 +8,21 @@ serialized (no "database is locked" between two coroutines).
 from __future__ import annotations
 
 import asyncio
-import enum
-import json
+import dataclasses
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import (Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, select)
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
+                        create_engine, event, inspect, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from .states import State
+
 T = TypeVar("T")
-
-
-class State(str, enum.Enum):
-    """Where a run is. Each state is owned by the system, the author or the reviewers
-    (airlock's habit); the message beside it is what people read."""
-
-    SUBMITTED = "submitted"
-    ARCHIVED = "archived"
-    CODE_CHECKED = "code_checked"
-    BUILT = "built"
-    RAN = "ran"
-    OUTPUTS_CHECKED = "outputs_checked"
-    IN_REVIEW = "in_review"
-    APPROVED = "approved"
-    RELEASED = "released"
-    FAILED_ARCHIVED = "failed_archived"
-    FAILED_CODE_CHECKED = "failed_code_checked"
-    FAILED_BUILT = "failed_built"
-    FAILED_RAN = "failed_ran"
-    FAILED_OUTPUTS_CHECKED = "failed_outputs_checked"
-    FAILED_RELEASED = "failed_released"
-    REJECTED = "rejected"
-    WITHDRAWN = "withdrawn"
-
-    @property
-    def message(self) -> str:
-        return STATE_MESSAGES[self]
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
-
-    @property
-    def failed(self) -> bool:
-        return self.value.startswith("failed_")
-
-
-STATE_MESSAGES = {
-    State.SUBMITTED: "Submitted: waiting to be unpacked and checked.",
-    State.ARCHIVED: "The code archive was unpacked and validated.",
-    State.CODE_CHECKED: "The code passed the automatic code checks.",
-    State.BUILT: "The analysis image was built and the real data staged; the analysis is running.",
-    State.RAN: "The analysis ran to completion against the real data.",
-    State.OUTPUTS_CHECKED: "The outputs passed the automatic disclosure checks.",
-    State.IN_REVIEW: "Waiting for output reviewers to approve the release.",
-    State.APPROVED: "Approved by the reviewers; the release is being packaged.",
-    State.RELEASED: "Released: the outputs can be downloaded from this page.",
-    State.FAILED_ARCHIVED: "Failed: the code archive could not be unpacked or was not valid.",
-    State.FAILED_CODE_CHECKED: "Failed: the code checks found something the enclave does not run.",
-    State.FAILED_BUILT: "Failed: the analysis image could not be built or the data not staged.",
-    State.FAILED_RAN: "Failed: the analysis did not run to completion.",
-    State.FAILED_OUTPUTS_CHECKED: "Failed: the outputs did not pass the disclosure checks.",
-    State.FAILED_RELEASED: "Failed: the approved outputs could not be packaged.",
-    State.REJECTED: "Rejected by an output reviewer; nothing was released.",
-    State.WITHDRAWN: "Withdrawn by its author; nothing was released.",
-}
-TERMINAL = frozenset({State.RELEASED, State.REJECTED, State.WITHDRAWN} |
-                     {s for s in State if s.value.startswith("failed_")})
-# States the pipeline moves on by itself (resumed at start-up); in_review waits for people.
-PIPELINE_STATES = (State.SUBMITTED, State.ARCHIVED, State.CODE_CHECKED, State.BUILT, State.RAN,
-                   State.OUTPUTS_CHECKED, State.APPROVED)
-WITHDRAWABLE = frozenset(PIPELINE_STATES) - {State.APPROVED} | {State.IN_REVIEW}
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 class Base(DeclarativeBase):
@@ -103,7 +44,7 @@ class Run(Base):
     analysis_title: Mapped[str] = mapped_column(String(500), default="")
     author: Mapped[str] = mapped_column(String(255), index=True)        # hub user name = uuid
     author_email: Mapped[str] = mapped_column(String(320), default="")
-    collaborators: Mapped[str] = mapped_column(Text, default="[]")      # uuids on the analysis (JSON)
+    collaborators: Mapped[list] = mapped_column(JSON, default=list)     # uuids on the analysis
     message: Mapped[str] = mapped_column(Text, default="")
     state: Mapped[str] = mapped_column(String(32), default=State.SUBMITTED.value, index=True)
     failure: Mapped[str] = mapped_column(Text, default="")              # plain words
@@ -111,8 +52,9 @@ class Run(Base):
     updated: Mapped[float] = mapped_column(Float, default=_now, onupdate=_now)
     archive_sha256: Mapped[str] = mapped_column(String(64), default="")
     archive_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    code_report: Mapped[str] = mapped_column(Text, default="")          # JSON
-    output_report: Mapped[str] = mapped_column(Text, default="")        # JSON
+    code_report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    output_report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    input_records: Mapped[int | None] = mapped_column(Integer, nullable=True)  # rows of the staged data
     image: Mapped[str] = mapped_column(String(255), default="")
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     logs: Mapped[str] = mapped_column(Text, default="")                 # truncated run log
@@ -129,13 +71,50 @@ class Run(Base):
     reviews: Mapped[list["Review"]] = relationship(back_populates="run", order_by="Review.id",
                                                    cascade="all, delete-orphan")
 
-    @property
-    def state_enum(self) -> State:
-        return State(self.state)
 
-    def json_field(self, name: str):
-        raw = getattr(self, name)
-        return json.loads(raw) if raw else None
+@dataclasses.dataclass
+class RunRecord:
+    """A run as the rest of the service sees it: detached from the session, JSON already parsed,
+    ``state`` typed. Reading one never writes anything back; changes go through
+    :mod:`enclave_service.runs`."""
+
+    id: str
+    analysis_id: str
+    analysis_title: str
+    author: str
+    author_email: str
+    collaborators: list
+    message: str
+    state: State
+    failure: str
+    created: float
+    updated: float
+    archive_sha256: str
+    archive_bytes: int
+    code_report: dict | None
+    output_report: dict | None
+    input_records: int | None
+    image: str
+    exit_code: int | None
+    logs: str
+    required_approvals: int
+    analysis_api_key: str
+    kinetic_run_key: str
+    kinetic_run_id: str
+    kinetic_signed_id: str
+    kinetic_completed: str
+    mail_sent: bool
+
+    @classmethod
+    def of(cls, run: "Run") -> "RunRecord":
+        kw = {f.name: getattr(run, f.name) for f in dataclasses.fields(cls)}
+        kw["state"] = State(run.state)
+        kw["collaborators"] = list(run.collaborators or [])
+        return cls(**kw)
+
+    def on_analysis(self, name: str) -> bool:
+        """Is ``name`` the author or a co-researcher of this run's analysis?"""
+        return name == self.author or name in self.collaborators
 
 
 class Event(Base):
@@ -169,7 +148,7 @@ class Release(Base):
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     bytes: Mapped[int] = mapped_column(Integer)
-    manifest: Mapped[str] = mapped_column(Text)          # JSON {path: sha256}
+    manifest: Mapped[dict] = mapped_column(JSON)         # {path: sha256}
     time: Mapped[float] = mapped_column(Float, default=_now)
 
 
@@ -198,7 +177,7 @@ class Database:
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
-        Base.metadata.create_all(self.engine)
+        upgrade(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enclave-db")
 
@@ -223,10 +202,35 @@ def add_event(session: Session, run_id: str, kind: str, message: str, *, actor: 
     return ev
 
 
-def get_run(session: Session, run_id: str) -> Run | None:
-    return session.get(Run, run_id)
-
-
 def run_ids_in(session: Session, states) -> list[str]:
     values = [s.value for s in states]
     return list(session.scalars(select(Run.id).where(Run.state.in_(values)).order_by(Run.created)))
+
+
+# -- schema migrations (Alembic, as JupyterHub does) --------------------------------------------
+def _alembic_config(connection):
+    from alembic.config import Config
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine, revision: str = "head") -> None:
+    """Bring the database to ``revision``. A database made before migrations existed (tables but no
+    ``alembic_version``) is first stamped as the first revision, which is that schema."""
+    from alembic import command
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:   # SQLite alters a table by copying it; foreign keys would refuse the drop
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        with conn.begin():
+            cfg = _alembic_config(conn)
+            tables = set(inspect(conn).get_table_names())
+            if "runs" in tables and "alembic_version" not in tables:
+                command.stamp(cfg, "0001")
+            command.upgrade(cfg, revision)
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()

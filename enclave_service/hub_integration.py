@@ -9,6 +9,11 @@ This registers a hub-managed service ``enclave`` (the hub starts it, restarts it
 gives it its API token and OAuth client), a role that lets the service read users, groups and
 auth_state (to call Kinetic as the researcher and to mail them), the ``reviewers`` group, and the
 ``access:services!service=enclave`` scope for every user (pages and API).
+
+Configuration takes one path: the keywords (and ``risk_appetite`` / ``config`` for everything
+else, the EC2 runner's settings included) are written as the service's traitlets config file,
+``<state_dir>/enclave_service_config.json``, which the service loads (``--config=FILE``). No
+setting travels through the environment.
 """
 from __future__ import annotations
 
@@ -48,8 +53,9 @@ def configure_enclave_service(c, *, state_dir, kinetic_url: str, public_url: str
                               runner: str = "podman", required_approvals: int = 2,
                               workspaces_root: str | None = None, db_url: str | None = None,
                               reviewers_group: str = "reviewers", kinetic_cookie_name: str = "oxa",
-                              run_wall_seconds: int = 3600, step_limits: dict | None = None,
+                              run_wall_seconds: int | None = None, step_limits: dict | None = None,
                               show_run_logs_to_researchers: bool = False,
+                              risk_appetite: dict | None = None, config: dict | None = None,
                               mail_sink_dir: str | None = None,
                               extra_env: dict | None = None) -> dict:
     """Register the enclave service on JupyterHub config ``c``; returns the service entry.
@@ -60,41 +66,57 @@ def configure_enclave_service(c, *, state_dir, kinetic_url: str, public_url: str
     real-data staging are off.
     ``workspaces_root``: local backend only — the folder of workspace homes, ``<root>/<analysis id>``,
     which lets the service snapshot a workspace itself (page submit, JSON submit).
+    ``risk_appetite``: overrides of ``enclave_service/risk_appetite.yaml`` (thresholds, limits, rule
+    levels), e.g. ``{"outputs": {"min_cell_count": 20}}``.
+    ``config``: any other traitlets settings of the service, by class, e.g.
+    ``{"EC2Runner": {"subnet_id": "subnet-…"}, "EnclaveService": {"retention_days": 60}}``.
     ``mail_sink_dir``: demo only — also run a hub-managed SMTP sink (service ``mailsink``) on
     ``smtp_host:smtp_port`` that writes every mail to this folder as ``.eml`` files.
     """
     state_dir = Path(state_dir).resolve()
-    env = {
-        "ENCLAVE_STATE_DIR": str(state_dir),
-        "ENCLAVE_KINETIC_URL": kinetic_url,
-        "ENCLAVE_KINETIC_COOKIE_NAME": kinetic_cookie_name,
-        "ENCLAVE_PUBLIC_URL": public_url.rstrip("/"),
-        "ENCLAVE_SMTP_HOST": smtp_host,
-        "ENCLAVE_SMTP_PORT": str(smtp_port or 0),
-        "ENCLAVE_MAIL_FROM": mail_from,
-        "ENCLAVE_REVIEWERS_GROUP": reviewers_group,
-        "ENCLAVE_REQUIRED_APPROVALS": str(required_approvals),
-        "ENCLAVE_RUNNER": runner,
-        "ENCLAVE_RUN_WALL_SECONDS": str(run_wall_seconds),
-        "ENCLAVE_STEP_LIMITS": json.dumps(step_limits or {}),
-        "ENCLAVE_SHOW_RUN_LOGS": "1" if show_run_logs_to_researchers else "0",
+    appetite = json.loads(json.dumps(risk_appetite or {}))
+    if run_wall_seconds is not None:
+        appetite.setdefault("run", {})["wall_seconds"] = int(run_wall_seconds)
+    settings = {
+        "state_dir": str(state_dir),
+        "kinetic_url": kinetic_url,
+        "kinetic_cookie_name": kinetic_cookie_name,
+        "public_url": public_url.rstrip("/"),
+        "smtp_host": smtp_host,
+        "smtp_port": int(smtp_port or 0),
+        "mail_from": mail_from,
+        "reviewers_group": reviewers_group,
+        "required_approvals": int(required_approvals),
+        "runner": runner,
+        "step_limits": dict(step_limits or {}),
+        "show_run_logs_to_researchers": bool(show_run_logs_to_researchers),
+        "risk_appetite": appetite,
     }
     if enclave_key_file:
-        env["ENCLAVE_KINETIC_KEY_FILE"] = str(Path(enclave_key_file).resolve())
+        settings["enclave_key_file"] = str(Path(enclave_key_file).resolve())
     if workspaces_root:
-        env["ENCLAVE_WORKSPACES_ROOT"] = str(Path(workspaces_root).resolve())
+        settings["workspaces_root"] = str(Path(workspaces_root).resolve())
     if db_url:
-        env["ENCLAVE_DB_URL"] = db_url
+        settings["db_url"] = db_url
+    service_config = {k: dict(v) for k, v in (config or {}).items()}
+    service_config["EnclaveService"] = {**settings, **service_config.get("EnclaveService", {})}
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config_file = state_dir / "enclave_service_config.json"
+    tmp = config_file.with_suffix(".partial")
+    tmp.write_text(json.dumps(service_config, indent=2, sort_keys=True))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, config_file)
+
     # The hub starts the service in its own working directory: make this package importable
     # whether it is installed or run from a checkout.
     here = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)}
     env.update({k: str(v) for k, v in (extra_env or {}).items()})
 
     service = {
         "name": SERVICE_NAME,
         "url": f"http://127.0.0.1:{port}",
-        "command": [sys.executable, "-m", "enclave_service.app"],
+        "command": [sys.executable, "-m", "enclave_service.app", f"--config={config_file}"],
         "environment": env,
         "oauth_no_confirm": True,
         "display": True,

@@ -12,7 +12,7 @@ import logging
 
 from kinetic_auth.kinetic import KineticClient, KineticError
 
-from .db import State
+from .states import State
 
 log = logging.getLogger("enclave.kinetic")
 

@@ -36,16 +36,16 @@ class Mailer:
         await asyncio.to_thread(self._send, msg)
 
 
-def decision_mail(run: dict, run_url: str) -> tuple[str, str]:
-    """Subject and body for the author of a decided run: the run's page link only."""
-    title = run.get("analysis_title") or f"analysis {run['analysis_id']}"
-    if run["state"] == "released":
-        subject = f"Your enclave run {run['id']} was approved and released"
+def decision_mail(run, run_url: str) -> tuple[str, str]:
+    """Subject and body for the author of a decided run (a RunRecord): the run's page link only."""
+    title = run.analysis_title or f"analysis {run.analysis_id}"
+    if run.state == "released":
+        subject = f"Your enclave run {run.id} was approved and released"
         what = ("The outputs of your run were approved by the output reviewers and released.\n"
                 "Sign in and download them from the run's page:")
     else:
-        subject = f"Your enclave run {run['id']} was not released"
+        subject = f"Your enclave run {run.id} was not released"
         what = "An output reviewer did not approve the release. The reasons are on the run's page:"
-    body = (f"Hello,\n\n{what}\n\n  {run_url}\n\nAnalysis: {title}\nMessage: {run.get('message', '')}\n\n"
+    body = (f"Hello,\n\n{what}\n\n  {run_url}\n\nAnalysis: {title}\nMessage: {run.message}\n\n"
             "— Kinetic Workspaces enclave\n")
     return subject, body

@@ -20,6 +20,18 @@ flagged). They see only the output files, not the microdata, so they are deliber
   ``dominance_k`` of a column's total, ``review``; statistics without any count column are ``review``
   too, since group sizes cannot be checked.
 - a file byte-identical to one already released is ``review`` (re-release, or a differencing attack).
+- unaggregated tables (rows that are records, not cells): a table with as many rows as the input data
+  has records fails; many rows with a high-cardinality column, or an integer column whose values are
+  nearly all distinct, go to review; numbers with neither a category nor a count column are review
+  (the checks cannot tell aggregates from records).
+- identifiers by the shape of their values as well as by column name (Kinetic's student ids with or
+  without their letter prefix, synthetic ids, UUIDs, emails), in tables and in free text.
+- hidden files (any path part starting with '.') and more files than the review page shows are never
+  released: they fail.
+
+Every check is registered by name (:data:`CHECKS`); every finding names its rule, its level and its
+evidence (:class:`Finding`). A check that cannot decide (it raised) says ``review``, never ``pass``.
+The thresholds come from the risk appetite (:mod:`enclave_service.risk_appetite`).
 """
 from __future__ import annotations
 
@@ -31,6 +43,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 ORDER = {"pass": 0, "review": 1, "fail": 2}
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".md")
@@ -48,10 +61,20 @@ SUPPRESSED = re.compile(r"^(<\s*\d+|\*+|-|c|x|suppressed|NA|)$", re.I)
 NON_ADDITIVE = (r"(^|_)(pct|percent|prop|proportion|rate|ratio|mean|avg|average|median|sd|std|var|variance"
                 r"|min|max)(_|$)",)
 MARGIN = re.compile(r"^(total|all|sum|overall|grand[ _]?total)$", re.I)
-VALUE_IDS = {"email address": re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$"),
-             "UUID": re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I),
-             "IP address": re.compile(r"^\d{1,3}(\.\d{1,3}){3}$"),
-             "id code": re.compile(r"^[A-Za-z]{1,3}[-_]?\d{5,}$")}
+# Identifier shapes. Kinetic's real student ids are "S" + 8 digits; with the prefix dropped they are
+# 8 digits; synthetic ones are "synthetic-NNNN"; people are UUIDs and e-mail addresses.
+DEFAULT_ID_SHAPES = {
+    "email address": r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$",
+    "UUID": r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$",
+    "IP address": r"^\d{1,3}(\.\d{1,3}){3}$",
+    "Kinetic student id": r"^[A-Za-z]{1,3}[-_]?\d{7,9}$",
+    "Kinetic student id without its prefix": r"^\d{8}$",
+    "synthetic student id": r"^synthetic-\d{3,}$",
+    "id code": r"^[A-Za-z]{1,3}[-_]?\d{5,}$",
+}
+# Shapes too generic for free text, where they would match ordinary words and numbers one by one.
+TABLE_ONLY_SHAPES = ("id code",)
+BARE_ID_SHAPES = ("Kinetic student id without its prefix",)
 
 
 @dataclass
@@ -76,6 +99,29 @@ class OutputRules:
     magnitude_patterns: tuple[str, ...] = (
         r"(^|_)(mean|avg|average|median|sd|std|var|variance|min|max|sum|score|amount|value|pct|percent"
         r"|prop|proportion|rate|ratio|minutes|hours|seconds|time|cost)s?(_|$)",)
+    id_shapes: dict = field(default_factory=lambda: dict(DEFAULT_ID_SHAPES))
+    text_bare_ids_fail: int = 3          # this many 8-digit numbers in a text file fail it (fewer: review)
+    max_files: int = 50                  # the review page shows every file; more cannot be reviewed
+    unaggregated_min_rows: int = 50      # a table this long with a high-cardinality column looks like records
+    high_cardinality_ratio: float = 0.9  # distinct values / rows of such a column
+    distinct_integers_min_rows: int = 20
+    distinct_integers_ratio: float = 0.95  # an integer column this distinct is an id or a measurement
+    record_rows_min: int = 10            # the input-record-count rule applies from this many rows
+    severities: dict = field(default_factory=dict)   # rule -> level, overriding a rule's own level
+
+    def shape(self, name: str) -> re.Pattern:
+        cache = self.__dict__.setdefault("_compiled", {})
+        if name not in cache:
+            cache[name] = re.compile(self.id_shapes[name], re.I)
+        return cache[name]
+
+
+@dataclass
+class Finding:
+    """One result of one check: the rule, its level, and the evidence a reviewer can verify."""
+    rule: str
+    level: str      # "pass" | "review" | "fail"
+    evidence: str
 
 
 @dataclass
@@ -84,8 +130,8 @@ class FileVerdict:
     sha256: str
     bytes: int
     verdict: str  # "pass" | "review" | "fail"
-    reasons: list[str] = field(default_factory=list)
-    context: str = ""  # the researcher's explanation, shown to the reviewer
+    reasons: list[str] = field(default_factory=list)    # the evidence of each finding, in order
+    findings: list[Finding] = field(default_factory=list)
 
 
 @dataclass
@@ -105,25 +151,53 @@ class OutputReport:
 
 
 class _Verdict:
-    """Worst level so far and its reasons; a big table lists its first MAX_REASONS problems, then a count."""
+    """Worst level so far and its findings; a big table lists its first MAX_REASONS problems, then a count."""
 
     MAX_REASONS = 20
 
-    def __init__(self):
-        self.level, self.reasons, self.more = "pass", [], 0
+    def __init__(self, severities: dict | None = None):
+        self.level, self.findings, self.more = "pass", [], 0
+        self.severities = severities or {}
 
-    def add(self, level: str, reason: str) -> None:
+    def add(self, rule: str, level: str, evidence: str) -> None:
+        level = self.severities.get(rule, level)
         if ORDER[level] > ORDER[self.level]:
             self.level = level
-        if reason in self.reasons:
+        if any(f.evidence == evidence for f in self.findings):
             return
-        if len(self.reasons) < self.MAX_REASONS:
-            self.reasons.append(reason)
+        if len(self.findings) < self.MAX_REASONS:
+            self.findings.append(Finding(rule, level, evidence))
         else:
             self.more += 1
 
     def listed(self) -> list[str]:
-        return self.reasons + ([f"… and {self.more} more"] if self.more else [])
+        return [f.evidence for f in self.findings] + ([f"… and {self.more} more"] if self.more else [])
+
+    def all_findings(self) -> list[Finding]:
+        more = [Finding("more", self.level, f"… and {self.more} more")] if self.more else []
+        return self.findings + more
+
+
+CHECKS: dict[str, Callable] = {}
+
+
+def check(name: str):
+    """Register a table or text check under its rule name."""
+    def deco(fn):
+        CHECKS[name] = fn
+        return fn
+    return deco
+
+
+def _run_check(name: str, v: "_Verdict", *args) -> None:
+    try:
+        CHECKS[name](*args, v)
+    except Exception as e:  # noqa: BLE001 - a check that cannot decide says review
+        v.add(name, "review", f"the {name} check could not decide ({type(e).__name__}: {e}); look at it yourself")
+
+
+def _mask(value: str) -> str:
+    return value[:2] + "…" if len(value) > 3 else "…"
 
 
 def _sniff_type(suffix: str, head: bytes, v: _Verdict) -> bool:
@@ -132,25 +206,25 @@ def _sniff_type(suffix: str, head: bytes, v: _Verdict) -> bool:
         # short magics ("MZ", "#!", "BZh", "RDX") can begin real text: for text files the binary and
         # control-character checks below catch those formats instead
         if head.startswith(magic) and (len(magic) >= 4 or suffix not in TEXT_SUFFIXES):
-            v.add("fail", f"content is {what}, not a {suffix} file")
+            v.add("content-type", "fail", f"content is {what}, not a {suffix} file")
             return False
     if suffix in FIGURE_MAGIC:
         if not head.startswith(FIGURE_MAGIC[suffix]):
-            v.add("fail", f"content is not a {suffix[1:].upper()} file")
+            v.add("content-type", "fail", f"content is not a {suffix[1:].upper()} file")
             return False
         return True
     if b"\0" in head:
-        v.add("fail", f"content is binary, not {suffix} text")
+        v.add("content-type", "fail", f"content is binary, not {suffix} text")
         return False
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as e:
         if e.start < len(head) - 4:  # a multibyte character cut at the end of the sample is fine
-            v.add("fail", f"content is not UTF-8 text (byte {e.start})")
+            v.add("content-type", "fail", f"content is not UTF-8 text (byte {e.start})")
             return False
     ctrl = sum(1 for b in head if b < 32 and b not in (9, 10, 13))
     if head and ctrl / len(head) > 0.01:
-        v.add("fail", "content has control characters: not text")
+        v.add("content-type", "fail", "content has control characters: not text")
         return False
     return True
 
@@ -165,18 +239,25 @@ def _as_count(cell: str) -> float | None:
     return float(cell) if INTEGER.match(cell) else None
 
 
-def _check_table(rows: list[list[str]], rules: OutputRules, v: _Verdict) -> None:
-    """Identifier, small-count, zero and dominance checks on a parsed table (header first)."""
+@dataclass
+class Table:
+    header: list[str]
+    body: list[list[str]]
+    cols: dict[int, list[str]]
+    numeric: set
+    categorical: list
+    counts: list
+    margins: set
+    input_records: int | None
+
+    def name(self, i: int) -> str:
+        return self.header[i] or str(i + 1)
+
+
+def _table(rows: list[list[str]], rules: OutputRules, input_records: int | None) -> Table:
     header = [h.strip() for h in rows[0]]
     body = [r + [""] * (len(header) - len(r)) for r in rows[1:]]
     cols = {i: [r[i].strip() for r in body] for i in range(len(header))}
-    for i, name in enumerate(header):
-        if name and _matches(name, rules.id_column_patterns):
-            v.add("fail", f"column {name!r} looks like an identifier")
-        values = [x for x in cols[i] if x and not SUPPRESSED.match(x)]
-        for what, rx in VALUE_IDS.items():
-            if values and sum(1 for x in values if rx.match(x)) / len(values) >= rules.id_ratio:
-                v.add("fail", f"column {name or i + 1!r} holds values that look like {what}s")
     numeric = {i for i, vals in cols.items()
                if any(NUMBER.match(x) for x in vals) and all(NUMBER.match(x) or SUPPRESSED.match(x) for x in vals)}
     categorical = [i for i in cols if i not in numeric]
@@ -189,31 +270,98 @@ def _check_table(rows: list[list[str]], rules: OutputRules, v: _Verdict) -> None
         if ints and (named_count or unnamed):
             counts.append(i)
     margins = {r for r, row in enumerate(body) if any(MARGIN.match(row[i].strip()) for i in categorical)}
-    for i in counts:
-        for r, cell in enumerate(cols[i]):
+    return Table(header, body, cols, numeric, categorical, counts, margins, input_records)
+
+
+@check("identifier-column")
+def _identifier_columns(t: Table, rules: OutputRules, v: _Verdict) -> None:
+    for i, name in enumerate(t.header):
+        if name and _matches(name, rules.id_column_patterns):
+            v.add("identifier-column", "fail", f"column {name!r} looks like an identifier (by its name)")
+
+
+@check("identifier-values")
+def _identifier_values(t: Table, rules: OutputRules, v: _Verdict) -> None:
+    for i in range(len(t.header)):
+        values = [x for x in t.cols[i] if x and not SUPPRESSED.match(x)]
+        if not values:
+            continue
+        for what in rules.id_shapes:
+            rx = rules.shape(what)
+            hits = [x for x in values if rx.match(x)]
+            if len(hits) / len(values) >= rules.id_ratio:
+                v.add("identifier-values", "fail",
+                      f"column {t.name(i)!r}: {len(hits)} of {len(values)} values look like {what}s "
+                      f"(e.g. {_mask(hits[0])})")
+                break
+
+
+@check("small-counts")
+def _small_counts(t: Table, rules: OutputRules, v: _Verdict) -> None:
+    for i in t.counts:
+        for r, cell in enumerate(t.cols[i]):
             n = _as_count(cell)
-            where = f"column {header[i] or i + 1!r}, row {r + 2}" + (" (a margin)" if r in margins else "")
+            where = f"column {t.name(i)!r}, row {r + 2}" + (" (a margin)" if r in t.margins else "")
             if n is not None and 0 < n < rules.min_cell_count:
-                v.add("fail", f"count {cell} below {rules.min_cell_count} at {where}")
+                v.add("small-counts", "fail", f"count {cell} below {rules.min_cell_count} at {where}")
             elif n == 0 and rules.flag_zeros:
-                v.add("review", f"zero count at {where}")
-    stats = [i for i in numeric if i not in counts and _matches(header[i], rules.magnitude_patterns)]
-    for i in [i for i in stats if not _matches(header[i], NON_ADDITIVE)]:  # averages and shares have no total
-        data = [float(cols[i][r]) for r in range(len(body)) if r not in margins and NUMBER.match(cols[i][r])]
+                v.add("zeros", "review", f"zero count at {where}")
+
+
+@check("dominance")
+def _dominance(t: Table, rules: OutputRules, v: _Verdict) -> None:
+    stats = [i for i in t.numeric if i not in t.counts and _matches(t.header[i], rules.magnitude_patterns)]
+    for i in [i for i in stats if not _matches(t.header[i], NON_ADDITIVE)]:  # averages and shares have no total
+        data = [float(t.cols[i][r]) for r in range(len(t.body)) if r not in t.margins and NUMBER.match(t.cols[i][r])]
         total = sum(data)
         if len(data) > rules.dominance_n and min(data) >= 0 and total > 0:
             top = sum(sorted(data, reverse=True)[:rules.dominance_n])
             if top / total > rules.dominance_k:
-                v.add("review", f"dominance in column {header[i]!r}: the {rules.dominance_n} largest cells hold "
-                      f"{top / total:.0%} of the total (threshold {rules.dominance_k:.0%})")
-    if stats and not counts and categorical:
-        v.add("review", "statistics by group without a count column: group sizes cannot be checked")
+                v.add("dominance", "review", f"dominance in column {t.header[i]!r}: the {rules.dominance_n} largest "
+                      f"cells hold {top / total:.0%} of the total (threshold {rules.dominance_k:.0%})")
+    if stats and not t.counts and t.categorical:
+        v.add("group-sizes", "review", "statistics by group without a count column: group sizes cannot be checked")
+
+
+@check("unaggregated")
+def _unaggregated(t: Table, rules: OutputRules, v: _Verdict) -> None:
+    """Rows that are records, not cells."""
+    rows = len(t.body)
+    if t.input_records and rows >= rules.record_rows_min and rows == t.input_records:
+        v.add("record-rows", "fail", f"the table has {rows} rows, exactly as many as the input data has "
+              "records: it looks like the data itself, not a summary of it")
+    rownames = {i for i in t.cols if _is_rownames(t.header[i], t.cols[i])}
+    if rows >= rules.unaggregated_min_rows:
+        for i, vals in t.cols.items():
+            if i in rownames or i in t.counts:
+                continue
+            distinct = len(set(vals))
+            if distinct / rows >= rules.high_cardinality_ratio:
+                v.add("high-cardinality", "review", f"{rows} rows and column {t.name(i)!r} has {distinct} distinct "
+                      f"values ({distinct / rows:.0%}): rows that look like records, not aggregates")
+                break
+    if rows >= rules.distinct_integers_min_rows:
+        for i in sorted(t.numeric - rownames):
+            vals = [x for x in t.cols[i] if INTEGER.match(x)]
+            if len(vals) < rows * 0.9:
+                continue
+            distinct = len(set(vals))
+            if distinct / rows >= rules.distinct_integers_ratio:
+                v.add("distinct-integers", "review", f"integer column {t.name(i)!r} has {distinct} distinct values "
+                      f"in {rows} rows: an identifier or an individual measurement, not a count")
+    if not t.categorical and not t.counts and rows >= 2:
+        v.add("no-categories", "review", f"{rows} rows of numbers with neither a category nor a count column: "
+              "the checks cannot tell aggregates from records")
+
+
+def _is_rownames(name: str, values: list[str]) -> bool:
+    return not name and values == [str(n) for n in range(1, len(values) + 1)]
 
 
 def _looks_like_label(name: str, values: list[str]) -> bool:
     """Integer columns that are categories, not counts: years, ages, grades, codes, ranks, and R's
     row names (``write.csv`` writes them as an unnamed 1..N column)."""
-    if not name and values == [str(n) for n in range(1, len(values) + 1)]:
+    if _is_rownames(name, values):
         return True
     if re.search(r"year|age|grade|week|month|day|rank|level|code|order|wave|cohort|round|id$", name.lower()):
         return True
@@ -221,9 +369,17 @@ def _looks_like_label(name: str, values: list[str]) -> bool:
     return bool(ints) and all(1900 <= x <= 2100 for x in ints)
 
 
-def _check_file(root: Path, rel: str, rules: OutputRules, released: frozenset, context: str) -> FileVerdict:
+TABLE_CHECKS = ("identifier-column", "identifier-values", "small-counts", "dominance", "unaggregated")
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def _check_file(root: Path, rel: str, rules: OutputRules, released: frozenset,
+                input_records: int | None) -> FileVerdict:
     path = root / rel
-    v = _Verdict()
+    v = _Verdict(rules.severities)
     h, size, head = hashlib.sha256(), 0, b""
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -231,35 +387,39 @@ def _check_file(root: Path, rel: str, rules: OutputRules, released: frozenset, c
             h.update(chunk)
             size += len(chunk)
     digest = h.hexdigest()
-    fv = lambda: FileVerdict(rel, digest, size, v.level, v.listed(), context)  # noqa: E731
+    fv = lambda: FileVerdict(rel, digest, size, v.level, v.listed(), v.all_findings())  # noqa: E731
     suffix = Path(rel).suffix.lower()
+    if _hidden(rel):
+        v.add("hidden-file", "fail", "a hidden file (its name or a folder's starts with '.'): never released")
+        return fv()
     if digest in released:
-        v.add("review", "identical to an already released file")
+        v.add("re-release", "review", "identical to an already released file")
     if suffix not in rules.allowed_suffixes:
-        v.add("fail", f"file type {suffix or '(none)'} is not allowed; allowed: {', '.join(rules.allowed_suffixes)}")
+        v.add("file-type", "fail",
+              f"file type {suffix or '(none)'} is not allowed; allowed: {', '.join(rules.allowed_suffixes)}")
         return fv()
     if size > rules.max_file_bytes:
-        v.add("fail", f"{size} bytes is more than the limit of {rules.max_file_bytes}")
+        v.add("file-size", "fail", f"{size} bytes is more than the limit of {rules.max_file_bytes}")
         return fv()
     if size == 0:
-        v.add("review", "the file is empty")
+        v.add("empty", "review", "the file is empty")
         return fv()
     if not _sniff_type(suffix, head, v):
         return fv()
     if suffix in FIGURE_MAGIC:
-        v.add("review", "a figure: small counts and outliers in it can only be checked by eye")
+        v.add("figure", "review", "a figure: small counts and outliers in it can only be checked by eye")
         return fv()
     text = path.read_bytes().decode("utf-8", errors="replace")
     if "\0" in text:
-        v.add("fail", f"content is binary, not {suffix} text")
+        v.add("content-type", "fail", f"content is binary, not {suffix} text")
     elif suffix in (".csv", ".tsv"):
-        _check_csv(text, suffix, rules, v)
+        _check_csv(text, suffix, rules, v, input_records)
     else:
-        _check_free_text(text, v)
+        _run_check("free-text", v, text, rules)
     return fv()
 
 
-def _check_csv(text: str, suffix: str, rules: OutputRules, v: _Verdict) -> None:
+def _check_csv(text: str, suffix: str, rules: OutputRules, v: _Verdict, input_records: int | None) -> None:
     delimiter = "\t" if suffix == ".tsv" else ","
     if suffix == ".csv":
         try:
@@ -272,22 +432,40 @@ def _check_csv(text: str, suffix: str, rules: OutputRules, v: _Verdict) -> None:
             if any(cell.strip() for cell in row):
                 rows.append(row)
             if len(rows) > rules.max_csv_rows + 1:
-                v.add("fail", f"more than {rules.max_csv_rows} rows: looks like row-level data")
+                v.add("row-limit", "fail", f"more than {rules.max_csv_rows} rows: looks like row-level data")
                 return
     except csv.Error as e:
-        v.add("fail", f"not a readable table: {e}")
+        v.add("table-format", "fail", f"not a readable table: {e}")
         return
     if len(rows) < 2:
-        v.add("review", "a table without data rows")
+        v.add("table-format", "review", "a table without data rows")
         return
-    _check_table(rows, rules, v)
+    try:
+        table = _table(rows, rules, input_records)
+    except Exception as e:  # noqa: BLE001 - cannot decide: review
+        v.add("table-format", "review", f"the table could not be analysed ({type(e).__name__}); look at it yourself")
+        return
+    for name in TABLE_CHECKS:
+        _run_check(name, v, table, rules)
 
 
-def _check_free_text(text: str, v: _Verdict) -> None:
-    for what, rx in VALUE_IDS.items():
-        if what != "id code" and any(rx.match(tok.strip(".,;:()<>\"'")) for tok in text.split()):
-            v.add("fail", f"contains what looks like an {what}")
-    v.add("review", "free text: counts in it cannot be checked automatically")
+@check("free-text")
+def _check_free_text(text: str, rules: OutputRules, v: _Verdict) -> None:
+    tokens = [tok.strip(".,;:()[]{}<>\"'") for tok in text.split()]
+    for what in rules.id_shapes:
+        if what in TABLE_ONLY_SHAPES:
+            continue
+        rx = rules.shape(what)
+        hits = [tok for tok in tokens if tok and rx.match(tok)]
+        if not hits:
+            continue
+        if what in BARE_ID_SHAPES and len(hits) < rules.text_bare_ids_fail:
+            v.add("identifier-values", "review", f"contains {len(hits)} number(s) shaped like {what}s "
+                  f"(e.g. {_mask(hits[0])})")
+        else:
+            v.add("identifier-values", "fail", f"contains {len(hits)} value(s) that look like an {what} "
+                  f"(e.g. {_mask(hits[0])})")
+    v.add("free-text", "review", "free text: counts in it cannot be checked automatically")
 
 
 def _walk(root: Path) -> tuple[list[str], list[FileVerdict]]:
@@ -298,37 +476,42 @@ def _walk(root: Path) -> tuple[list[str], list[FileVerdict]]:
             p = Path(dirpath, name)
             rel = p.relative_to(root).as_posix()
             if p.is_symlink():
-                refused.append(FileVerdict(rel, "", 0, "fail", ["a symbolic link cannot be released"]))
+                refused.append(FileVerdict(rel, "", 0, "fail", ["a symbolic link cannot be released"],
+                                           [Finding("link", "fail", "a symbolic link cannot be released")]))
                 if name in dirnames:
                     dirnames.remove(name)
             elif name in filenames:
                 if p.is_file():
                     files.append(rel)
                 else:
-                    refused.append(FileVerdict(rel, "", 0, "fail", ["not a regular file"]))
+                    refused.append(FileVerdict(rel, "", 0, "fail", ["not a regular file"],
+                                               [Finding("special-file", "fail", "not a regular file")]))
     return sorted(files), refused
 
 
 def check_outputs_sync(output_dir, rules: OutputRules = OutputRules(), released_sha256=frozenset(),
-                       context: dict[str, str] | None = None) -> OutputReport:
+                       input_records: int | None = None) -> OutputReport:
     """Blocking body of :func:`check_outputs`."""
-    root, context = Path(output_dir), context or {}
+    root = Path(output_dir)
     if not root.is_dir():
         return OutputReport("fail", [], ["the run produced no output folder"])
     files, refused = _walk(root)
-    verdicts = refused + [_check_file(root, rel, rules, frozenset(released_sha256), context.get(rel, ""))
+    verdicts = refused + [_check_file(root, rel, rules, frozenset(released_sha256), input_records)
                           for rel in files]
-    for f in refused:
-        f.context = context.get(f.path, "")
     verdicts.sort(key=lambda f: f.path)
     if not verdicts:
         return OutputReport("fail", [], ["the output folder is empty: the run wrote no results to output/"])
+    reasons = []
     worst = max((f.verdict for f in verdicts), key=ORDER.__getitem__)
-    return OutputReport(worst, verdicts, [])
+    if len(verdicts) > rules.max_files:
+        worst = "fail"
+        reasons.append(f"{len(verdicts)} files: more than the {rules.max_files} a reviewer is shown; "
+                       "combine the results into fewer files")
+    return OutputReport(worst, verdicts, reasons)
 
 
 async def check_outputs(output_dir, rules: OutputRules = OutputRules(), released_sha256=frozenset(),
-                        context: dict[str, str] | None = None) -> OutputReport:
-    """Check every file under ``output_dir`` (in a worker thread); ``context`` maps a relative path to
-    the researcher's explanation, carried into its verdict for the reviewer."""
-    return await asyncio.to_thread(check_outputs_sync, output_dir, rules, released_sha256, context)
+                        input_records: int | None = None) -> OutputReport:
+    """Check every file under ``output_dir`` (in a worker thread). ``input_records``: how many
+    records the run's input data held (a table with that many rows is the data itself)."""
+    return await asyncio.to_thread(check_outputs_sync, output_dir, rules, released_sha256, input_records)

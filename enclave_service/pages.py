@@ -11,9 +11,9 @@ from pathlib import Path
 
 from tornado import web
 
-from .api import BaseHandler, do_review, do_withdraw, run_detail, run_summary, submit
-from .db import WITHDRAWABLE, Review, Run, State
-from .pipeline import run_to_dict
+from .db import Review, Run, RunRecord
+from .states import WITHDRAWABLE, State
+from .web import BaseHandler, my_runs, review_queue, run_detail, run_summary
 
 PREVIEW_ROWS = 20
 PREVIEW_COLS = 20
@@ -44,10 +44,7 @@ class PageHandler(BaseHandler):
                     caller=kw.pop("caller"), **kw)
 
     def write_error(self, status_code, **kwargs):
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = self._reason
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message
+        message = self.error_message(kwargs)
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(self.render_string("error.html", status=status_code, message=message,
                                        prefix=self.service.prefix))
@@ -57,11 +54,7 @@ class HomePage(PageHandler):
     async def get(self):
         caller = await self.require_page_caller()
 
-        def q(session):
-            mine = [run_summary(run_to_dict(r)) for r in session.query(Run).filter(Run.author == caller.name)
-                    .order_by(Run.created.desc()).limit(200)]
-            return mine
-        runs = await self.db.run(q)
+        runs = [run_summary(r) for r in await self.db.run(my_runs, caller.name)]
         can_submit = bool(self.service.config.workspaces_root)
         analyses = await self.my_analyses(caller) if can_submit else []
         self.render_page("index.html", caller=caller, runs=runs, can_submit=can_submit,
@@ -82,9 +75,9 @@ class HomePage(PageHandler):
     async def post(self):
         """Submit from the page (local backend: the service snapshots the workspace)."""
         caller = await self.require_page_caller()
-        run = await submit(self, caller, self.get_body_argument("analysis_id", ""),
-                           self.get_body_argument("message", ""), None)
-        self.redirect(f"{self.service.prefix}runs/{run['id']}")
+        run = await self.submit(caller, self.get_body_argument("analysis_id", ""),
+                                self.get_body_argument("message", ""), None)
+        self.redirect(f"{self.service.prefix}runs/{run.id}")
 
 
 class RunPage(PageHandler):
@@ -92,14 +85,15 @@ class RunPage(PageHandler):
         caller = await self.require_page_caller()
         run, events, reviews, role = await self.access(run_id, caller)
         detail = run_detail(run, events, reviews, role, caller, self.service.config.show_run_logs_to_researchers)
-        withdrawable = role == "author" and State(run["state"]) in WITHDRAWABLE
+        withdrawable = role == "author" and run.state in WITHDRAWABLE
         self.render_page("run.html", caller=caller, run=detail, withdrawable=withdrawable)
 
 
 class WithdrawPage(PageHandler):
     async def post(self, run_id):
         caller = await self.require_page_caller()
-        await do_withdraw(self, caller, run_id)
+        run, _, _, _ = await self.access(run_id, caller)
+        await self.runs.withdraw(run, caller.name)
         self.redirect(f"{self.service.prefix}runs/{run_id}")
 
 
@@ -110,18 +104,15 @@ class QueuePage(PageHandler):
             raise web.HTTPError(403, "the review queue is for output reviewers")
 
         def q(session):
-            runs = [run_to_dict(r) for r in session.query(Run).filter(Run.state == State.IN_REVIEW.value)
-                    .order_by(Run.created)]
             mine = {r.run_id: r.decision for r in session.query(Review).filter(Review.reviewer == caller.name)}
-            recent = [run_to_dict(r) for r in session.query(Run).join(Review, Review.run_id == Run.id)
+            recent = [RunRecord.of(r) for r in session.query(Run).join(Review, Review.run_id == Run.id)
                       .filter(Review.reviewer == caller.name, Run.state != State.IN_REVIEW.value)
                       .order_by(Run.updated.desc()).limit(50)]
-            return runs, mine, recent
+            return review_queue(session, caller.name), mine, recent
         runs, mine, recent = await self.db.run(q)
-        queue = [dict(run_summary(r), my_decision=mine.get(r["id"])) for r in runs
-                 if caller.name != r["author"] and caller.name not in json.loads(r["collaborators"] or "[]")]
+        queue = [dict(run_summary(r), my_decision=mine.get(r.id)) for r in runs]
         self.render_page("queue.html", caller=caller, queue=queue,
-                         recent=[dict(run_summary(r), my_decision=mine.get(r["id"])) for r in recent])
+                         recent=[dict(run_summary(r), my_decision=mine.get(r.id)) for r in recent])
 
 
 def preview_file(path: Path, rel: str) -> dict:
@@ -165,14 +156,14 @@ class ReviewPage(PageHandler):
         manifest = (detail["output_report"] or {}).get("manifest") or {}
         outdir = self.pipeline.output_dir(run_id)
         previews = await asyncio.to_thread(
-            lambda: [preview_file(outdir / rel, rel) for rel in sorted(manifest)][:50])
-        can_review = run["state"] == State.IN_REVIEW.value and detail["review"]["mine"] is None
+            lambda: [preview_file(outdir / rel, rel) for rel in sorted(manifest)])
+        can_review = run.state == State.IN_REVIEW and detail["review"]["mine"] is None
         self.render_page("review.html", caller=caller, run=detail, previews=previews, can_review=can_review)
 
     async def post(self, run_id):
         caller = await self.require_page_caller()
-        await do_review(self, caller, run_id, self.get_body_argument("decision", ""),
-                        self.get_body_argument("comment", ""))
+        await self.runs.review(run_id, caller.name, caller.reviewer, self.get_body_argument("decision", ""),
+                               self.get_body_argument("comment", ""))
         self.redirect(f"{self.service.prefix}review/{run_id}")
 
 

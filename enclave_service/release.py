@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from . import db as dbm
+from .states import StepFailed
 
 FIXED_DATE = (2000, 1, 1, 0, 0, 0)
 
@@ -29,7 +30,6 @@ def _sha256(path: Path) -> str:
 
 def build_zip(output_dir: Path, manifest: dict[str, str], dest: Path) -> tuple[str, int]:
     """Write ``dest`` (zip of the manifest's files + MANIFEST.json); return (sha256, bytes)."""
-    from .pipeline import StepFailed
     tmp = dest.with_suffix(".partial")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for rel in sorted(manifest):
@@ -50,19 +50,17 @@ def build_zip(output_dir: Path, manifest: dict[str, str], dest: Path) -> tuple[s
     return _sha256(dest), dest.stat().st_size
 
 
-async def package_release(pipeline, run: dict) -> dict:
-    run_id = run["id"]
-    report = json.loads(run["output_report"] or "{}")
-    manifest = report.get("manifest") or {}
+async def package_release(pipeline, run) -> dict:
+    run_id = run.id
+    manifest = (run.output_report or {}).get("manifest") or {}
     if not manifest:
-        from .pipeline import StepFailed
         raise StepFailed("There is no checked output to release.")
     dest = pipeline.release_path(run_id)
     sha, size = await asyncio.to_thread(build_zip, pipeline.output_dir(run_id), manifest, dest)
 
     def tx(session):
         rel = session.get(dbm.Release, run_id) or dbm.Release(run_id=run_id)
-        rel.path, rel.sha256, rel.bytes, rel.manifest = str(dest), sha, size, json.dumps(manifest)
+        rel.path, rel.sha256, rel.bytes, rel.manifest = str(dest), sha, size, dict(manifest)
         session.add(rel)
     await pipeline.db.run(tx)
     return {"sha256": sha, "bytes": size, "manifest": manifest}

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from sqlalchemy import func
 
-from . import db as dbm
-from .db import Event, Release, Run, State
+from .db import Event, Release, Run
+from .states import TERMINAL, State, values
 
 log = logging.getLogger("enclave.retention")
 DAY = 86400.0
-TERMINAL_VALUES = [s.value for s in dbm.TERMINAL]
+TERMINAL_VALUES = values(TERMINAL)
 RELEASE_DELETED = "release_deleted"      # event kind: the release zip is gone (download → 410)
 
 
@@ -126,7 +126,8 @@ def _delete_files(run_dir: Path, old: bool, release_old: bool) -> tuple[bool, bo
     """(archive/outputs deleted, release zip deleted); removes the run folder once empty."""
     gone = gone_release = False
     if old:
-        for name in ("archive.tar.zst", "output", "code", "data", "data.partial", "release.partial"):
+        for name in ("archive.tar.zst", "output", "output.partial", "code", "data", "data.partial",
+                     "release.partial"):
             gone = _rmtree(run_dir / name) or gone
     if release_old:
         gone_release = _rmtree(run_dir / "release.zip")
@@ -168,11 +169,11 @@ async def prune(pipeline, now: float | None = None) -> dict:
             gone, gone_release = await asyncio.to_thread(_delete_files, pipeline.run_dir(run_id), old, release_old)
             if gone:
                 done["pruned"].append(run_id)
-                await pipeline.note(run_id, "retention", f"The archive and outputs were deleted after "
+                await pipeline.runs.note(run_id, "retention", f"The archive and outputs were deleted after "
                                     f"{days_words(keep)} (retention).")
             if gone_release:
                 done["releases"].append(run_id)
-                await pipeline.note(run_id, RELEASE_DELETED, f"The released outputs (zip) were deleted after "
+                await pipeline.runs.note(run_id, RELEASE_DELETED, f"The released outputs (zip) were deleted after "
                                     f"{days_words(keep_release)} (retention); they can no longer be downloaded.")
         except asyncio.CancelledError:
             raise

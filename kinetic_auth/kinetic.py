@@ -18,7 +18,12 @@ log = logging.getLogger("kinetic.client")
 
 
 class KineticError(Exception):
-    """Kinetic could not be asked (down, slow, or an unexpected answer)."""
+    """Kinetic could not be asked (down, slow, or an unexpected answer). ``status`` is the HTTP
+    status Kinetic answered with, or None when it did not answer at all."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class KineticClient:
@@ -55,15 +60,15 @@ class KineticClient:
                 if e.code == 404 and allow_404:
                     return None
                 if e.code in (401, 403, 404) or (400 <= e.code < 500 and e.code != 429):
-                    raise KineticError(f"Kinetic answered {e.code} to {method} {path}") from None
-                err = f"Kinetic answered {e.code}"
+                    raise KineticError(f"Kinetic answered {e.code} to {method} {path}", e.code) from None
+                err, status = f"Kinetic answered {e.code}", e.code
             except (OSError, asyncio.TimeoutError) as e:
-                err = f"Kinetic could not be reached ({type(e).__name__})"
+                err, status = f"Kinetic could not be reached ({type(e).__name__})", None
             if attempt < attempts:
                 # exponential backoff with full jitter, bounded
                 await asyncio.sleep(random.uniform(0, min(2.0, 0.2 * 2 ** attempt)))
         log.warning("%s %s failed after %d attempt(s): %s", method, path, attempts, err)
-        raise KineticError(err)
+        raise KineticError(err, status)
 
     # -- researcher API (authorized by the SSO cookie) ------------------------------------------
     async def whoami(self, sso: str) -> dict | None:
@@ -71,7 +76,7 @@ class KineticClient:
         try:
             return await self._request("GET", "/accounts/api/user", sso=sso, allow_404=True)
         except KineticError as e:
-            if "401" in str(e) or "403" in str(e):
+            if e.status in (401, 403):
                 return None
             raise
 
@@ -100,9 +105,24 @@ class KineticClient:
         return await self._request("GET", path, bearer=bearer)
 
     async def download(self, url: str) -> bytes:
-        req = HTTPRequest(url, request_timeout=self.timeout * 6)
-        resp = await AsyncHTTPClient().fetch(req)
-        return resp.body
+        """A data file from a URL Kinetic handed out. Retried like every idempotent Kinetic call
+        (backoff with jitter, bounded); any failure is a KineticError with its status, in words."""
+        req = HTTPRequest(url, request_timeout=self.timeout * 6, connect_timeout=self.timeout)
+        name = url.split("?", 1)[0].rsplit("/", 1)[-1] or "a data file"   # never the signed query
+        for attempt in range(1, self.attempts + 1):
+            try:
+                resp = await AsyncHTTPClient().fetch(req)
+                return resp.body
+            except HTTPClientError as e:
+                if 400 <= e.code < 500 and e.code != 429:
+                    raise KineticError(f"Kinetic answered {e.code} to the download of {name}", e.code) from None
+                err, status = f"Kinetic answered {e.code} to the download of {name}", e.code
+            except (OSError, asyncio.TimeoutError) as e:
+                err, status = f"the download of {name} from Kinetic failed ({type(e).__name__})", None
+            if attempt < self.attempts:
+                await asyncio.sleep(random.uniform(0, min(2.0, 0.2 * 2 ** attempt)))
+        log.warning("download failed after %d attempt(s): %s", self.attempts, err)
+        raise KineticError(err, status)
 
     # -- enclave API (Bearer enclave key) -----------------------------------------------------
     async def create_run(self, analysis_id: str, message: str) -> dict:

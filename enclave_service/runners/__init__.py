@@ -222,13 +222,3 @@ class Runner(LoggingConfigurable, metaclass=_RunnerMeta):
     async def list_run_ids(self) -> list[str]:
         """Run ids this runner can still find (for reconcile / orphan reaping)."""
         return []
-
-    async def run(self, job: RunJob) -> RunResult:
-        """All steps in order; cleanup happens whatever the outcome."""
-        try:
-            await self.prepare(job)
-            await self.execute(job)
-            await self.wait(job)
-            return await self.finalize(job)
-        finally:
-            await self.cleanup(job)

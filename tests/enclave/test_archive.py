@@ -246,8 +246,28 @@ async def test_extract_refuses_a_zstd_bomb_while_streaming(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ArchiveError, match="expands to more than"):
-        await extract_archive(bomb, dest, ArchiveLimits(max_total_bytes=2**20, max_files=10))
+        await extract_archive(bomb, dest, ArchiveLimits(max_total_bytes=2**20, max_files=10,
+                                                        max_header_bytes=2**30))
     assert dest.is_dir() and not any(dest.iterdir())
+    # with the default header bound it never gets that far: refused by the announced size
+    with pytest.raises(ArchiveError, match="pax extended header of 5242"):
+        await extract_archive(bomb, dest)
+
+
+@pytest.mark.parametrize("kind, words", [(tarfile.GNUTYPE_LONGNAME, "GNU long name"),
+                                         (tarfile.XGLTYPE, "pax global header")])
+async def test_header_extensions_are_bounded_before_they_are_read(tmp_path, kind, words):
+    ti = tarfile.TarInfo("././@LongLink")
+    ti.type, ti.size = kind, 3 * 2**20
+    raw = io.BytesIO()
+    raw.write(ti.tobuf(format=tarfile.USTAR_FORMAT))
+    raw.write(b"a" * ti.size)
+    raw.write(b"\0" * 1024)
+    bomb = tmp_path / "long.tar.zst"
+    bomb.write_bytes(zstandard.ZstdCompressor(level=19).compress(raw.getvalue()))
+    with pytest.raises(ArchiveError, match=f"{words} of {3 * 2**20} bytes"):
+        await extract_archive(bomb, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
 
 
 async def test_extract_refuses_garbage_and_non_empty_destination(tmp_path):

@@ -139,3 +139,31 @@ async def test_checker_failure_fails_closed_with_a_clear_message(tmp_path):
 async def test_evasions_are_caught(tmp_path, code):
     report = await check(tmp_path, {"main.R": code})
     assert report.verdict == "fail" and report.findings[0].rule == "shell", report.findings
+
+
+@pytest.mark.parametrize("code, rule, severity", [
+    ('f <- get(paste0("download", ".file"))\n', "indirection", "review"),
+    ('g <- match.fun(paste0("sys", "tem"))\n', "indirection", "review"),
+    ('z <- do.call(paste0("sys", "tem"), list("id"))\n', "indirection", "review"),
+    ('h <- get(name_from_data)\n', "indirection", "review"),
+    ('p <- readLines(file.path("", "etc", "shadow"))\n', "outside-project", "fail"),
+    ('p <- file.path("", "home", "other")\n', "outside-project", "review"),
+    ('utils::nsl("example.org")\n', "network", "fail"),
+    ('e <- eval(parse_me)\n', "dynamic-code", "review"),
+])
+async def test_indirection_patterns_are_flagged(tmp_path, code, rule, severity):
+    report = await check(tmp_path, {"main.R": code})
+    assert [(f.rule, f.severity) for f in report.findings] == [(rule, severity)], report.findings
+
+
+@pytest.mark.parametrize("code", ["x <- do.call(rbind, parts)\n", 'p <- file.path("output", "a.csv")\n',
+                                  'y <- get("mtcars")\n', "s <- sapply(1:3, function(i) i * 2)\n"])
+async def test_ordinary_code_is_not_flagged_as_indirection(tmp_path, code):
+    report = await check(tmp_path, {"main.R": code})
+    assert report.verdict == "pass", report.findings
+
+
+async def test_no_message_claims_a_key_in_the_enclave(tmp_path):
+    report = await check(tmp_path, {"main.R": 'k <- Sys.getenv("ANALYSIS_API_KEY")\n'})
+    assert "sets only ANALYSIS_API_KEY" not in report.findings[0].message
+    assert "never as a key" in report.findings[0].message

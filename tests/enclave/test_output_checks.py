@@ -23,15 +23,15 @@ async def verdict_of(tmp_path, name, data, **kw):
     return f
 
 
-async def test_clean_aggregate_table_passes_with_context_and_manifest(tmp_path):
+async def test_clean_aggregate_table_passes_with_manifest(tmp_path):
     out = write(tmp_path / "output", {"counts.csv": CLEAN,
                                       "sub/rowname.csv": '"","course","n"\n"1","bio",40\n"2","chem",12\n'})
-    report = await check_outputs(out, context={"counts.csv": "minutes per group"})
+    report = await check_outputs(out)
     assert report.verdict == "pass", report.to_dict()
     assert report.manifest == {"counts.csv": hashlib.sha256(CLEAN.encode()).hexdigest(),
                                "sub/rowname.csv": hashlib.sha256((out / "sub/rowname.csv").read_bytes()).hexdigest()}
     counts = report.files[0]
-    assert (counts.path, counts.bytes, counts.context) == ("counts.csv", len(CLEAN), "minutes per group")
+    assert (counts.path, counts.bytes, counts.findings) == ("counts.csv", len(CLEAN), [])
     assert report.to_dict()["manifest"] == report.manifest
 
 
@@ -134,3 +134,63 @@ async def test_links_are_refused(tmp_path):
     report = await check_outputs(out)
     assert report.verdict == "fail"
     assert [(f.path, f.verdict) for f in report.files] == [("ok.csv", "pass"), ("passwd.csv", "fail")]
+
+
+async def test_records_are_not_results(tmp_path):
+    # as many rows as the input data has records: the data itself
+    rows = "week,minutes,score\n" + "".join(f"{i % 12},{i % 90},{i % 100}\n" for i in range(120))
+    f = await verdict_of(tmp_path, "t.csv", rows, input_records=120)
+    assert f.verdict == "fail" and f.findings[0].rule == "record-rows", f.findings
+    # the same table without knowing the input: numbers without categories cannot be judged → review
+    f = await verdict_of(tmp_path / "2", "t.csv", rows)
+    assert f.verdict == "review" and "no-categories" in [x.rule for x in f.findings]
+    # integer column nearly all distinct (an id or an individual measurement)
+    rows = "course,n,code\n" + "".join(f"c{i % 3},{20 + i % 3},{1000 + i}\n" for i in range(30))
+    f = await verdict_of(tmp_path / "3", "t.csv", rows)
+    assert "distinct-integers" in [x.rule for x in f.findings] and f.verdict != "pass"
+    # many rows with a high-cardinality column
+    rows = "group,n,mean_score\n" + "".join(f"g{i},{20 + i},{i * 1.37:.2f}\n" for i in range(60))
+    f = await verdict_of(tmp_path / "4", "t.csv", rows)
+    assert "high-cardinality" in [x.rule for x in f.findings] and f.verdict != "pass"
+
+
+@pytest.mark.parametrize("table, shape", [
+    ("k,quiz\n" + "".join(f"{12345678 + i * 7919},{50 + i}\n" for i in range(12)), "without its prefix"),
+    ("k,quiz\n" + "".join(f"S{12345678 + i * 7919},{50 + i}\n" for i in range(12)), "Kinetic student id"),
+    ("k,quiz\n" + "".join(f"synthetic-{i:04d},{50 + i}\n" for i in range(12)), "synthetic student id"),
+])
+async def test_ids_are_recognised_by_their_shape_whatever_the_column_name(tmp_path, table, shape):
+    f = await verdict_of(tmp_path, "t.csv", table)
+    assert f.verdict == "fail" and any(x.rule == "identifier-values" and shape in x.evidence for x in f.findings)
+    assert "12345678" not in str(f.findings)      # the evidence does not repeat the id
+
+
+async def test_ids_in_text_files(tmp_path):
+    f = await verdict_of(tmp_path, "notes.txt", "top student S12345678 scored 99\n")
+    assert f.verdict == "fail" and f.findings[0].rule == "identifier-values"
+    one = await verdict_of(tmp_path / "1", "notes.txt", "the sample was drawn on 20260115\n")
+    assert one.verdict == "review" and one.findings[0].rule == "identifier-values"
+    many = await verdict_of(tmp_path / "2", "notes.md", "ids 12345678, 23456789 and 34567890\n")
+    assert many.verdict == "fail"
+
+
+async def test_hidden_files_and_more_files_than_a_reviewer_sees_fail(tmp_path):
+    out = write(tmp_path / "output", {"ok.csv": CLEAN, ".secret.csv": CLEAN, ".hid/x.csv": CLEAN})
+    report = await check_outputs(out)
+    by = {f.path: f for f in report.files}
+    assert report.verdict == "fail"
+    assert by[".secret.csv"].findings[0].rule == "hidden-file" and by[".hid/x.csv"].verdict == "fail"
+    out = write(tmp_path / "many", {f"t{i}.csv": CLEAN for i in range(4)})
+    report = await check_outputs(out, OutputRules(max_files=3))
+    assert report.verdict == "fail" and "more than the 3 a reviewer is shown" in report.reasons[0]
+
+
+async def test_a_check_that_cannot_decide_says_review(tmp_path, monkeypatch):
+    from enclave_service import output_checks
+
+    def broken(table, rules, v):
+        raise ValueError("surprise")
+    monkeypatch.setitem(output_checks.CHECKS, "dominance", broken)
+    f = await verdict_of(tmp_path, "t.csv", CLEAN)
+    assert f.verdict == "review" and f.findings[0].rule == "dominance"
+    assert "could not decide" in f.findings[0].evidence

@@ -16,7 +16,8 @@ from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
 from enclave_service import db as dbm
-from enclave_service.api import Caller, DownloadHandler, run_detail
+from enclave_service.api import DownloadHandler
+from enclave_service.web import Caller, run_detail
 from enclave_service.app import EnclaveService
 from enclave_service.db import Event, Release, Run, State
 from enclave_service.retention import DAY
@@ -56,7 +57,7 @@ async def finished_run(p, state: State, ended: float, released: float | None = N
         if released:
             s.add(Release(run_id=run_id, path=str(p.release_path(run_id)), bytes=14, time=released,
                           sha256=hashlib.sha256(b"PK release zip").hexdigest(),
-                          manifest=json.dumps({"summary.csv": "0" * 64})))
+                          manifest={"summary.csv": "0" * 64}))
     await p.db.run(tx)
     return run_id
 
@@ -80,18 +81,18 @@ async def test_a_finished_run_loses_its_code_and_image_but_a_shared_image_waits_
         for run_id in (a, b):        # the same code twice: one image, built once, used by both
             write_project(p, run_id, main_r)
             await p.step_build(await p.load(run_id))
-            await p.transition(run_id, State.CODE_CHECKED, State.BUILT, "built")
-        tag = (await p.load(a))["image"]
-        assert tag.startswith("localhost/kinetic-analysis:") and (await p.load(b))["image"] == tag
+            await p.runs.transition(run_id, State.CODE_CHECKED, State.BUILT, "built")
+        tag = (await p.load(a)).image
+        assert tag.startswith("localhost/kinetic-analysis:") and (await p.load(b)).image == tag
         assert image_exists(tag)
 
-        await p.transition(a, State.BUILT, State.FAILED_RAN, "exit 1", failure="exit 1")
+        await p.runs.transition(a, State.BUILT, State.FAILED_RAN, "exit 1", failure="exit 1")
         await p.finish(a)
         assert not p.code_dir(a).exists() and not p.data_dir(a).exists()
         assert image_exists(tag), "run b has not finished and uses the same image"
         assert p.code_dir(b).exists()
 
-        await p.transition(b, State.BUILT, State.WITHDRAWN, "Withdrawn by its author.")
+        await p.runs.transition(b, State.BUILT, State.WITHDRAWN, "Withdrawn by its author.")
         await p.finish(b)
         assert not p.code_dir(b).exists()
         assert not image_exists(tag), "the last run using the image finished: the image is gone"
@@ -147,7 +148,7 @@ async def test_prune_deletes_old_archives_and_outputs_keeps_young_ones_and_the_a
         assert p.archive_path(run_id).exists() and p.output_dir(run_id).is_dir()
         assert await events(p, run_id, "retention") == []
     # the audit trail stays: rows, earlier events
-    assert (await p.load(old))["state"] == "rejected"
+    assert (await p.load(old)).state == "rejected"
     assert "Reached rejected." in await events(p, old)
     assert await p.db.run(lambda s: s.query(Run).count()) == 4
 
@@ -236,13 +237,13 @@ async def test_the_janitor_prunes_at_once_and_keeps_going_after_an_error(tmp_pat
     assert task.cancelled()
 
 
-def test_retention_settings_come_from_the_environment(monkeypatch):
+def test_retention_settings_come_from_the_service_config(tmp_path):
     assert EnclaveService().retention_days == 30
     assert EnclaveService().release_retention_days == 90
     assert EnclaveService().prune_interval_seconds == 3600
-    monkeypatch.setenv("ENCLAVE_RETENTION_DAYS", "7")
-    monkeypatch.setenv("ENCLAVE_RELEASE_RETENTION_DAYS", "14")
-    monkeypatch.setenv("ENCLAVE_PRUNE_INTERVAL_SECONDS", "600")
+    cfg = tmp_path / "enclave.json"
+    cfg.write_text(json.dumps({"EnclaveService": {"retention_days": 7, "release_retention_days": 14,
+                                                  "prune_interval_seconds": 600}}))
     svc = EnclaveService()
+    svc.initialize([f"--config={cfg}"])
     assert (svc.retention_days, svc.release_retention_days, svc.prune_interval_seconds) == (7, 14, 600)
-    assert "ENCLAVE_RETENTION_DAYS" in EnclaveService.class_traits()["retention_days"].help

@@ -9,13 +9,13 @@ import pytest
 from traitlets.config import Config
 
 from enclave_service import db as dbm
-from enclave_service.db import Database, Run, State
+from enclave_service.db import Database, Run, RunRecord
 from enclave_service.hub_integration import configure_enclave_service
 from enclave_service.kinetic_sync import KineticSync
 from enclave_service.mail import decision_mail
-from enclave_service.pipeline import Pipeline, StepFailed
+from enclave_service.pipeline import Pipeline
 from enclave_service.release import build_zip
-from enclave_service.review import ReviewError, record_review
+from enclave_service.states import WITHDRAWABLE, RunError, State, StepFailed
 
 
 def make_pipeline(tmp_path, **kw):
@@ -42,8 +42,8 @@ async def test_a_step_over_its_time_limit_fails_in_plain_words(tmp_path):
     run_id = await add_run(p)
     await p.drive(run_id)
     run = await p.load(run_id)
-    assert run["state"] == "failed_archived"
-    assert run["failure"] == "Unpacking the code archive took longer than the limit of 0.2 s."
+    assert run.state == "failed_archived"
+    assert run.failure == "Unpacking the code archive took longer than the limit of 0.2 s."
 
 
 async def test_a_failed_step_records_its_reason_and_stops(tmp_path):
@@ -55,16 +55,16 @@ async def test_a_failed_step_records_its_reason_and_stops(tmp_path):
     run_id = await add_run(p)
     await p.drive(run_id)
     run = await p.load(run_id)
-    assert run["state"] == "failed_archived" and "escapes" in run["failure"]
-    assert State(run["state"]).message.startswith("Failed:")
+    assert run.state == "failed_archived" and "escapes" in run.failure
+    assert run.state.message.startswith("Failed:")
 
 
 async def test_transition_loses_to_a_withdrawal(tmp_path):
     p = make_pipeline(tmp_path)
     run_id = await add_run(p, State.BUILT)
-    assert await p.transition(run_id, dbm.WITHDRAWABLE, State.WITHDRAWN, "Withdrawn by its author.")
-    assert not await p.transition(run_id, State.BUILT, State.RAN, "finished")
-    assert (await p.load(run_id))["state"] == "withdrawn"
+    assert await p.runs.transition(run_id, WITHDRAWABLE, State.WITHDRAWN, "Withdrawn by its author.")
+    assert not await p.runs.transition(run_id, State.BUILT, State.RAN, "finished")
+    assert (await p.load(run_id)).state == "withdrawn"
 
 
 async def test_resume_drives_every_pipeline_state_and_leaves_people_states(tmp_path):
@@ -82,22 +82,27 @@ async def test_resume_drives_every_pipeline_state_and_leaves_people_states(tmp_p
 
 async def test_review_rules_and_concurrent_approvals(tmp_path):
     p = make_pipeline(tmp_path)
-    run_id = await add_run(p, State.IN_REVIEW, collaborators=json.dumps(["ada", "grace"]), required_approvals=2)
-    with pytest.raises(ReviewError) as e:
-        await p.db.run(record_review, run_id, "grace", "approve", "")
+    p.kick = lambda run_id: None        # the release step is not under test here
+    run_id = await add_run(p, State.IN_REVIEW, collaborators=["ada", "grace"], required_approvals=2)
+    with pytest.raises(RunError) as e:
+        await p.runs.review(run_id, "grace", True, "approve", "")
     assert e.value.status == 403
-    with pytest.raises(ReviewError) as e:
-        await p.db.run(record_review, run_id, "rosalind", "maybe", "")
+    with pytest.raises(RunError) as e:
+        await p.runs.review(run_id, "rosalind", True, "maybe", "")
     assert e.value.status == 400
-    results = await asyncio.gather(*(p.db.run(record_review, run_id, r, "approve", "")
+    with pytest.raises(RunError) as e:
+        await p.runs.review(run_id, "katherine", False, "approve", "")
+    assert e.value.status == 403
+    results = await asyncio.gather(*(p.runs.review(run_id, r, True, "approve", "")
                                      for r in ("rosalind", "marie", "dorothy")), return_exceptions=True)
     assert results[:2] == [State.IN_REVIEW, State.APPROVED]
-    assert isinstance(results[2], ReviewError) and results[2].status == 409   # already decided
+    assert isinstance(results[2], RunError) and results[2].status == 409   # already decided
     approved = await p.db.run(lambda s: s.query(dbm.Event).filter_by(run_id=run_id, state="approved").count())
     assert approved == 1
     # one rejection decides: rejected
     other = await add_run(p, State.IN_REVIEW, required_approvals=1)
-    assert await p.db.run(record_review, other, "marie", "reject", "row-level data in table.csv") == State.REJECTED
+    p.finish_soon = lambda run_id: None
+    assert await p.runs.review(other, "marie", True, "reject", "row-level data in table.csv") == State.REJECTED
 
 
 def test_release_zip_is_deterministic_and_refuses_a_changed_file(tmp_path):
@@ -119,7 +124,8 @@ def test_release_zip_is_deterministic_and_refuses_a_changed_file(tmp_path):
 
 
 def test_mail_carries_the_run_page_link_only():
-    run = {"id": "abc123", "analysis_id": "101", "analysis_title": "T", "message": "m", "state": "released"}
+    run = RunRecord(**{f: "" for f in RunRecord.__dataclass_fields__})
+    run.id, run.analysis_id, run.analysis_title, run.message, run.state = "abc123", "101", "T", "m", State.RELEASED
     subject, body = decision_mail(run, "https://hub.example/services/enclave/runs/abc123")
     assert "abc123" in subject
     assert "https://hub.example/services/enclave/runs/abc123" in body
@@ -135,10 +141,13 @@ def test_configure_enclave_service_registers_service_roles_and_group(tmp_path):
     names = [s["name"] for s in c.JupyterHub.services]
     assert names == ["other", "enclave"]
     svc = c.JupyterHub.services[1]
-    assert svc["command"][-1] == "enclave_service.app" and svc["oauth_no_confirm"]
-    env = svc["environment"]
-    assert env["ENCLAVE_KINETIC_KEY_FILE"].endswith("key") and "ENCLAVE_KINETIC_KEY" not in env
-    assert not any("key" in a for a in svc["command"])
+    assert svc["command"][2] == "enclave_service.app" and svc["oauth_no_confirm"]
+    # one path: every setting is in the service's config file, none in its environment
+    assert svc["command"][3] == f"--config={tmp_path / 'enclave_service_config.json'}"
+    assert set(svc["environment"]) == {"PYTHONPATH"}
+    written = json.loads((tmp_path / "enclave_service_config.json").read_text())["EnclaveService"]
+    assert written["enclave_key_file"].endswith("key") and written["smtp_port"] == 2525
+    assert (tmp_path / "enclave_service_config.json").stat().st_mode & 0o077 == 0
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert set(roles["enclave-service"]["scopes"]) == {"list:users", "read:users", "admin:auth_state", "read:groups"}
     assert roles["enclave-service"]["services"] == ["enclave"]
