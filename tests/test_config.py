@@ -1,4 +1,5 @@
 """The hub configuration: a missing production setting stops the hub with its name, never half-runs."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,4 +38,6 @@ def test_aws_profile_with_its_settings_selects_the_aws_world(tmp_path):
                     KINETIC_URL="https://kinetic.example")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-2000:]
-    assert "'aws'" in out and "hub.sqlite" in out and "ENCLAVE_RUNNER" in out
+    assert "'aws'" in out and "hub.sqlite" in out and "enclave_service_config.json" in out
+    enclave = json.loads(next(tmp_path.rglob("enclave_service_config.json")).read_text())
+    assert "ec2" in json.dumps(enclave)  # the enclave runs on EC2 in the aws world
