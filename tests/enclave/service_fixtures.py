@@ -22,7 +22,8 @@ from kinetic_auth.keys import ensure_standin_keys
 from kinetic_auth.standin import seed
 from tests.support import ROOT, free_port, start_process, stop_process, child_env, wait_for_http
 
-__all__ = ["enclave_hub", "EnclaveHub", "make_home", "GOOD_MAIN", "wait_for_state", "approve_twice"]
+__all__ = ["enclave_hub", "EnclaveHub", "make_home", "GOOD_MAIN", "wait_for_state", "approve_twice",
+           "metric_samples", "metric_value"]
 
 GOOD_MAIN = """# reading time and quiz scores, by course
 cutoff_date = "2026-01-15"
@@ -224,6 +225,22 @@ def approve_twice(hub: EnclaveHub, run_id: str, author: str) -> dict:
         r = hub.call(reviewer, "POST", f"api/runs/{run_id}/review", json={"decision": "approve", "comment": "ok"})
         assert r.status_code == 200, r.text
     return wait_for_state(hub, author, run_id, {"released", "failed_released"}, timeout=60)
+
+
+def metric_samples(resp: requests.Response) -> dict:
+    """{(sample name, ((label, value), …)): value} of a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+    assert resp.status_code == 200, (resp.status_code, resp.text[:300])
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric_value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 _shared: dict = {}

@@ -5,7 +5,6 @@ reviewers and anonymous callers are refused."""
 import time
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from kinetic_auth.standin import seed
 from kinetic_auth.standin.seed import ADA, GRACE, ROSALIND
@@ -14,24 +13,10 @@ from enclave_service.archive import create_archive
 from enclave_service.states import State
 
 from .service_fixtures import *  # noqa: F401,F403
-from .service_fixtures import GOOD_MAIN, approve_twice, make_home, wait_for_state
+from .service_fixtures import GOOD_MAIN, approve_twice, make_home, metric_value as value, \
+    metric_samples as samples, wait_for_state
 
 STEPS = ("archive", "code", "build", "run", "outputs", "review", "release")
-
-
-def samples(resp: requests.Response) -> dict:
-    """{(sample name, ((label, value), …)): value} of a Prometheus text exposition."""
-    assert resp.status_code == 200, (resp.status_code, resp.text[:300])
-    assert resp.headers["Content-Type"].startswith("text/plain")
-    out = {}
-    for family in text_string_to_metric_families(resp.text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(m: dict, name: str, **labels) -> float:
-    return m.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def test_an_operator_reads_the_enclave_metrics_after_runs_go_through(enclave_hub, tmp_path):
