@@ -187,9 +187,10 @@ class EnclaveHub:
                              files={"archive": ("archive.tar.zst", f, "application/zstd")})
 
     def metrics(self, token: str | None = None, path: str = "metrics") -> requests.Response:
-        """GET the enclave's metrics through the hub's proxy (default: the scrape token)."""
+        """GET the enclave's metrics through the hub's proxy (default: the scrape token), sending the
+        token as Prometheus does (``Authorization: Bearer``)."""
         token = self.metrics_token if token is None else token
-        headers = {"Authorization": f"token {token}"} if token else {}
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         return requests.get(self.service_url + path, headers=headers, timeout=30)
 
     def db_rows(self, sql: str, *args) -> list[tuple]:

@@ -78,7 +78,7 @@ def test_researchers_reviewers_and_strangers_are_refused_the_metrics(enclave_hub
 def test_the_scrape_token_reads_the_hubs_own_metrics_too(enclave_hub):
     hub = enclave_hub
     m = samples(requests.get(f"{hub.url}/hub/metrics", timeout=30,
-                             headers={"Authorization": f"token {hub.metrics_token}"}))
+                             headers={"Authorization": f"Bearer {hub.metrics_token}"}))
     assert any(name.startswith("jupyterhub_") for name, _ in m)
     assert requests.get(f"{hub.url}/hub/metrics", timeout=30).status_code == 403
     r = requests.get(f"{hub.url}/hub/metrics", timeout=30, headers={"Authorization": f"token {hub.user(ADA)}"})
