@@ -13,6 +13,7 @@ change) and render; refusals come back from there as an HTTP status and words.
     POST api/runs/<id>/review          {decision: approve|reject, comment}   (reviewers)
     POST api/runs/<id>/withdraw        (the author, before a decision)
     GET  api/runs/<id>/download        the release zip (released runs; researchers on the analysis)
+    GET  metrics                       Prometheus metrics (a hub token with ``read:metrics``)
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tornado import web
 
 from . import db as dbm
 from .db import Release, Review
+from .metrics import METRICS_SCOPE
 from .retention import days_words, release_missing
 from .states import State
 from .web import BaseHandler, my_runs, review_queue, run_detail, run_summary
@@ -142,7 +144,24 @@ class DownloadHandler(BaseHandler):
         self.finish()
 
 
+class MetricsHandler(BaseHandler):
+    """Prometheus metrics, for operators and their scraper: the caller's hub token (or OAuth
+    cookie) must carry ``read:metrics`` — the hub's own scope for ``/hub/metrics`` — besides the
+    access to this service every caller has. Researchers, reviewers and anonymous callers get 403:
+    run counts and queue ages say what is going on in the enclave, which is operators' business."""
+
+    async def get(self):
+        model = self.current_user
+        if not model or METRICS_SCOPE not in (model.get("scopes") or []):
+            raise web.HTTPError(403, f"the enclave's metrics need a hub token with the {METRICS_SCOPE} scope")
+        from prometheus_client import CONTENT_TYPE_LATEST
+        body = await self.pipeline.metrics.render(self.db)
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(body)
+
+
 ROUTES = [
+    (r"metrics", MetricsHandler),
     (r"api/runs/?", RunsHandler),
     (r"api/runs/([^/]+)/?", RunHandler),
     (r"api/runs/([^/]+)/review", ReviewHandler),

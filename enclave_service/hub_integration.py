@@ -10,6 +10,10 @@ gives it its API token and OAuth client), a role that lets the service read user
 auth_state (to call Kinetic as the researcher and to mail them), the ``reviewers`` group, and the
 ``access:services!service=enclave`` scope for every user (pages and API).
 
+``add_metrics_reader(c, name, api_token)`` adds a token-only service whose token reads the hub's
+``/hub/metrics`` and the enclave's ``/services/enclave/metrics`` (the scope ``read:metrics``): the
+token a Prometheus server scrapes with.
+
 Configuration takes one path: the keywords (and ``risk_appetite`` / ``config`` for everything
 else, the EC2 runner's settings included) are written as the service's traitlets config file,
 ``<state_dir>/enclave_service_config.json``, which the service loads (``--config=FILE``). No
@@ -145,4 +149,24 @@ def configure_enclave_service(c, *, state_dir, kinetic_url: str, public_url: str
     groups[reviewers_group] = {"users": sorted(set(members) | set(reviewers)),
                                "properties": {"purpose": "enclave output review"}}
     c.JupyterHub.load_groups = groups
+    return service
+
+
+METRICS_READER_SCOPES = ["read:metrics", f"access:services!service={SERVICE_NAME}"]
+
+
+def add_metrics_reader(c, name: str = "metrics-reader", api_token: str = "") -> dict:
+    """Register a token-only hub service (no process, no URL) for a Prometheus server: its
+    ``api_token`` has ``read:metrics`` (JupyterHub's scope for ``/hub/metrics``, which the enclave
+    asks for too) and access to the enclave service, and nothing else. Returns the service entry.
+    Keep the token in a secret store and give the same value to Prometheus (``authorization``)."""
+    if len(api_token) < 8:
+        raise ValueError("add_metrics_reader: give api_token a long random value (e.g. openssl rand -hex 32)")
+    services = list(c.JupyterHub.services) if "services" in c.JupyterHub else []
+    services = [s for s in services if s.get("name") != name]
+    service = {"name": name, "api_token": api_token}
+    services.append(service)
+    c.JupyterHub.services = services
+    _append_role(c, {"name": f"{name}-scrape", "description": "Read the hub's and the enclave's metrics",
+                     "scopes": list(METRICS_READER_SCOPES), "services": [name]})
     return service

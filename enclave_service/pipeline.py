@@ -67,11 +67,12 @@ class Pipeline:
                  archive_limits=None, run_limits=None, output_rules=None, code_rules=None,
                  output_volume=None, max_parallel: int = 2,
                  ensure_base_image=None, build_image=None, run_command=None, remove_image=None,
-                 retention_days: float = 30, release_retention_days: float = 90):
+                 retention_days: float = 30, release_retention_days: float = 90, metrics=None):
         from . import retention
         from .output_volume import OutputVolume
         self.db = db
-        self.runs = Runs(db, kinetic)     # the owner of every state change
+        self.runs = Runs(db, kinetic, metrics)     # the owner of every state change (and its counts)
+        self.metrics = self.runs.metrics
         self.runs.driver = self
         self.runs_dir = Path(runs_dir)
         self.kinetic = kinetic          # KineticSync (the real-data client is kinetic.client)
@@ -237,6 +238,7 @@ class Pipeline:
     async def do_step(self, step: Step, run: RunRecord) -> bool:
         run_id = run.id
         await self.kinetic.log(run.kinetic_run_key, step.target, "debug", f"started: {step.doing}")
+        started = time.monotonic()
         try:
             fn = getattr(self, f"step_{step.name}")
             message = await asyncio.wait_for(fn(run), timeout=step.limit)
@@ -255,7 +257,8 @@ class Pipeline:
             log.exception("run %s: step %s crashed", run_id, step.name)
             target = step.failed
             failure = message = f"The enclave service hit an unexpected error while {step.doing}: {type(e).__name__}: {e}"
-        moved = await self.runs.transition(run_id, step.source, target, message, failure=failure)
+        moved = await self.runs.transition(run_id, step.source, target, message, failure=failure,
+                                           step=step.name, seconds=time.monotonic() - started)
         if step.name == "run":
             # Only once the outcome is recorded: a crash before this point re-runs the step,
             # which needs the container (to re-attach) or the data (to run again).

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import db as dbm
 from .db import Database, Review, Run, RunRecord
+from .metrics import Metrics
 from .states import DECIDED, UNSUCCESSFUL, WITHDRAWABLE, RunError, State
 
 log = logging.getLogger("enclave.runs")
@@ -41,10 +42,12 @@ class Driver(Protocol):
 
 
 class Runs:
-    def __init__(self, db: Database, kinetic):
+    def __init__(self, db: Database, kinetic, metrics: Metrics | None = None):
         self.db = db
         self.kinetic = kinetic          # KineticSync: every transition becomes a Kinetic log line
         self.driver: Driver | None = None
+        # step outcomes and submissions are counted here, where they are recorded
+        self.metrics = metrics or Metrics()
 
     # -- reading --------------------------------------------------------------------------------
     async def load(self, run_id: str) -> RunRecord | None:
@@ -124,14 +127,18 @@ class Runs:
                           actor=author, state=State.SUBMITTED.value)
             return RunRecord.of(run)
         record = await self.db.run(tx)
+        self.metrics.submitted(archive_bytes)
         if self.driver is not None:
             self.driver.kick(run_id)
         return record
 
     async def transition(self, run_id: str, source: State | frozenset | tuple, target: State, message: str,
-                         *, actor: str = "system", failure: str = "", kind: str = "state") -> bool:
+                         *, actor: str = "system", failure: str = "", kind: str = "state",
+                         step: str = "", seconds: float | None = None) -> bool:
         """Move a run from ``source`` to ``target`` and record the event, in one transaction.
-        False when the run was no longer in ``source`` (withdrawn meanwhile, decided by another)."""
+        False when the run was no longer in ``source`` (withdrawn meanwhile, decided by another).
+        ``step`` and ``seconds``: the pipeline step whose outcome this is and how long it took
+        (for the metrics; counted only when the move happened)."""
         sources = {source} if isinstance(source, State) else set(source)
 
         def tx(session):
@@ -147,6 +154,8 @@ class Runs:
         if key is None:
             return False
         log.info("run %s → %s: %s", run_id, target.value, message)
+        if step:
+            self.metrics.step_done(step, target, seconds)
         await self._tell_kinetic(run_id, key, target, message)
         return True
 

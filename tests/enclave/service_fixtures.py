@@ -22,7 +22,8 @@ from kinetic_auth.keys import ensure_standin_keys
 from kinetic_auth.standin import seed
 from tests.support import ROOT, free_port, start_process, stop_process, child_env, wait_for_http
 
-__all__ = ["enclave_hub", "EnclaveHub", "make_home", "GOOD_MAIN", "wait_for_state"]
+__all__ = ["enclave_hub", "EnclaveHub", "make_home", "GOOD_MAIN", "wait_for_state", "approve_twice",
+           "metric_samples", "metric_value"]
 
 GOOD_MAIN = """# reading time and quiz scores, by course
 cutoff_date = "2026-01-15"
@@ -48,7 +49,7 @@ def make_home(root: Path, main_r: str) -> Path:
 HUB_CONFIG = """
 import json, sys
 sys.path.insert(0, {root!r})
-from enclave_service.hub_integration import configure_enclave_service
+from enclave_service.hub_integration import add_metrics_reader, configure_enclave_service
 c = get_config()  # noqa
 c.JupyterHub.authenticator_class = "jupyterhub.auth.DummyAuthenticator"
 c.Authenticator.enable_auth_state = True
@@ -69,13 +70,15 @@ c.JupyterHub.load_roles = [{{"name": "test-admin", "services": ["test-admin"],
 configure_enclave_service(c, state_dir={enclave_state!r}, kinetic_url={kinetic_url!r},
     public_url="http://127.0.0.1:{port}", reviewers={reviewers!r}, smtp_port={smtp_port},
     enclave_key_file={key_file!r}, port={service_port}, runner="podman",
-    workspaces_root={workspaces!r}, run_wall_seconds=120,
+    workspaces_root={workspaces!r}, run_wall_seconds=120, db_url={db_url!r},
     step_limits={{"build": 600, "run": 300}})
+# what a Prometheus server scrapes with: read:metrics (hub and enclave), nothing else
+add_metrics_reader(c, "test-prometheus", {metrics_token!r})
 """
 
 
 class EnclaveHub:
-    def __init__(self, standin, base: Path, mail_dir: Path, smtp_port: int):
+    def __init__(self, standin, base: Path, mail_dir: Path, smtp_port: int, db_url: str | None = None):
         self.standin = standin
         self.base = base
         self.state = base / "hub"
@@ -88,6 +91,8 @@ class EnclaveHub:
         self.api = f"{self.url}/hub/api"
         self.service_url = f"{self.url}/services/enclave/"
         self.admin_token = secrets.token_hex(32)
+        self.metrics_token = secrets.token_hex(32)   # the test-prometheus service's
+        self.db_url = db_url                          # the enclave's database (None: SQLite)
         self.tokens: dict[str, str] = {}
         self.proc = None
 
@@ -102,7 +107,7 @@ class EnclaveHub:
             state=self.state, admin_token=self.admin_token, enclave_state=str(self.enclave_state),
             kinetic_url=self.standin.url, reviewers=list(seed.REVIEWERS), smtp_port=self.smtp_port,
             key_file=str(Path(keys_state) / "keys" / "kinetic_enclave_key"), service_port=free_port(),
-            workspaces=str(self.workspaces))
+            workspaces=str(self.workspaces), db_url=self.db_url, metrics_token=self.metrics_token)
         (self.state / "jupyterhub_config.py").write_text(cfg)
         env = child_env(JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32))
         self.env = env
@@ -181,7 +186,15 @@ class EnclaveHub:
             return self.call(uuid, "POST", "api/runs", data={"analysis_id": str(analysis_id), "message": message},
                              files={"archive": ("archive.tar.zst", f, "application/zstd")})
 
+    def metrics(self, token: str | None = None, path: str = "metrics") -> requests.Response:
+        """GET the enclave's metrics through the hub's proxy (default: the scrape token), sending the
+        token as Prometheus does (``Authorization: Bearer``)."""
+        token = self.metrics_token if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.get(self.service_url + path, headers=headers, timeout=30)
+
     def db_rows(self, sql: str, *args) -> list[tuple]:
+        assert self.db_url is None, "db_rows reads the SQLite database"
         with sqlite3.connect(self.enclave_state / "enclave.sqlite", timeout=10) as conn:
             return conn.execute(sql, args).fetchall()
 
@@ -205,6 +218,30 @@ def wait_for_state(hub: EnclaveHub, uuid: str, run_id: str, states, timeout: flo
         time.sleep(0.5)
     raise AssertionError(f"run {run_id} did not reach {states}; last seen: {last and last['state']} "
                          f"{last and last.get('failure')}")
+
+
+def approve_twice(hub: EnclaveHub, run_id: str, author: str) -> dict:
+    """The two seeded reviewers approve; returns the run once it is released (or failed to be)."""
+    for reviewer in seed.REVIEWERS[:2]:
+        r = hub.call(reviewer, "POST", f"api/runs/{run_id}/review", json={"decision": "approve", "comment": "ok"})
+        assert r.status_code == 200, r.text
+    return wait_for_state(hub, author, run_id, {"released", "failed_released"}, timeout=60)
+
+
+def metric_samples(resp: requests.Response) -> dict:
+    """{(sample name, ((label, value), …)): value} of a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+    assert resp.status_code == 200, (resp.status_code, resp.text[:300])
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric_value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 _shared: dict = {}
