@@ -23,30 +23,34 @@ system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing apt packages: $$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    echo "installing Debian packages: $$missing"; mkdir -p $(STAMPS); \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; } \
+	      >$(STAMPS)/apt.log 2>&1 || { tail -n 30 $(STAMPS)/apt.log; exit 1; }; \
 	  else \
 	    echo "not root: please install these Debian packages: $$missing" >&2; \
 	  fi; \
 	fi
 
+# Install output goes to a log (shown only when something fails): `make demo` prints what a
+# person needs, not setuptools' and pip's chatter.
 $(STAMPS)/venv: setup.cfg pyproject.toml rstudio_patch/jupyterlab-overrides.json
 	@mkdir -p $(STAMPS)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
-	@# this machine's pip config names extra local indexes that may be absent: drop that chatter only
-	set -o pipefail; $(PY) -m pip install -q -e '.[test]' 2>&1 | { grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true; }
-	@# JupyterLab defaults for workspaces (installation-wide settings overrides)
-	install -D -m 0644 rstudio_patch/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	@echo "installing the Python environment in $(VENV) (log: $(STAMPS)/pip.log)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@{ $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[test]'; } \
+	  >$(STAMPS)/pip.log 2>&1 || { tail -n 40 $(STAMPS)/pip.log; exit 1; }
+	@# JupyterLab defaults for the process backend (installation-wide settings overrides)
+	@install -D -m 0644 rstudio_patch/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $@
 
 $(STAMPS)/node: package.json
 	@mkdir -p $(STAMPS)
-	npm install --no-audit --no-fund --loglevel=error
+	@echo "installing configurable-http-proxy (log: $(STAMPS)/npm.log)"
+	@npm install --no-audit --no-fund --loglevel=error >$(STAMPS)/npm.log 2>&1 || { tail -n 30 $(STAMPS)/npm.log; exit 1; }
 	@touch $@
 
 demo: deps
-	$(PY) -m hub_config.demo
+	@$(PY) -m hub_config.demo
 
 test: deps
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \

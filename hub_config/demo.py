@@ -65,6 +65,7 @@ def main() -> None:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        print(f"stopped (workspace files are kept in {STATE / 'workspaces'})", flush=True)
         sys.exit(0)
 
     signal.signal(signal.SIGINT, stop_all)
@@ -73,7 +74,9 @@ def main() -> None:
     if env.get("KINETIC_WORKSPACE_BACKEND", "container") == "container":
         # Every workspace is a container of the workspace image: build it now (first time only,
         # with a progress line), not during the first researcher's click.
-        built = subprocess.run([sys.executable, "-m", "kinetic_spawner.image"], env=env, cwd=ROOT)
+        # (its progress line goes to stderr; the tag it prints on stdout is not for people)
+        built = subprocess.run([sys.executable, "-m", "kinetic_spawner.image"], env=env, cwd=ROOT,
+                               stdout=subprocess.DEVNULL)
         if built.returncode != 0:
             sys.exit("the workspace image could not be built (see above)")
     # Workspace containers reach the stand-in (synthetic data) through their network's gateway,
