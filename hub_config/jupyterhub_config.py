@@ -84,12 +84,20 @@ USER_SCOPES = [
 ]
 IDLE_TIMEOUT = int(env("KINETIC_IDLE_TIMEOUT", "1800"))  # 30 minutes, as the original
 IDLE_EVERY = int(env("KINETIC_IDLE_CHECK_EVERY", str(max(1, min(300, IDLE_TIMEOUT // 5)))))
+# The hub's own pages (/hub/analysis/<id>, /hub/home) find, start, name and share workspaces through
+# JupyterHub's public REST API as this service. Its token is made afresh at each start and lives only
+# in the hub's memory (no file, no environment variable).
+HUB_PAGES_TOKEN = secrets.token_hex(32)
+c.KineticAuthenticator.hub_api_token = HUB_PAGES_TOKEN
 c.JupyterHub.load_roles = [
     {"name": "user", "scopes": USER_SCOPES},
     {"name": "idle-culler", "services": ["idle-culler"],
      "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]},
+    {"name": "kinetic-hub-pages", "services": ["kinetic-hub-pages"],
+     "scopes": ["list:users", "read:servers", "start:servers", "shares", "read:users:name"]},
 ]
 c.JupyterHub.services = [
+    {"name": "kinetic-hub-pages", "api_token": HUB_PAGES_TOKEN},
     {
         "name": "idle-culler",
         "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={IDLE_TIMEOUT}",

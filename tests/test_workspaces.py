@@ -3,6 +3,7 @@ import datetime
 import threading
 import time
 
+
 from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE
 
 
@@ -78,6 +79,9 @@ def test_opening_an_analysis_gives_a_seeded_workspace_through_the_proxy(hub):
     assert f'cutoff_date = "{datetime.date.today().isoformat()}"' in main
     api_key = hub.api("GET", f"/users/{ADA}").json()  # not exposed: just make sure the server is listed
     assert "a-102" in api_key["servers"]
+    # JupyterHub 6's display name is the analysis title: the admin panel and the API say what it is
+    assert api_key["servers"]["a-102"]["display_name"] == "Spaced practice effects"
+    assert hub.api("GET", f"/users/{ADA}/servers/a-102").json()["display_name"] == "Spaced practice effects"
     renviron = (home / ".Renviron").read_text()
     assert renviron.count("ANALYSIS_API_KEY=a") == 1
     data = list((home / "kinetic" / "data").glob("*.csv"))
@@ -162,3 +166,4 @@ def test_two_open_analyses_keep_separate_sessions(hub):
             assert r.status_code == 200 and "RStudio" in r.text, (marker, r.status_code)
     hub.stop_workspace(ADA, "a-101")
     hub.stop_workspace(ADA, "a-102")
+
