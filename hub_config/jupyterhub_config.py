@@ -77,8 +77,11 @@ c.KineticAuthenticator.sso_cookie_name = env("KINETIC_COOKIE_NAME", "oxa")
 # Researchers may not start servers through the REST API or JupyterHub's spawn pages: the only way
 # in is /hub/analysis/<id>, which asks Kinetic first. (pre_spawn_start checks again for any path.)
 # Nor may they share a workspace themselves: joining goes through Kinetic's list of researchers.
+# `users:activity!user`: a workspace reports its own activity with its server token (whose scopes
+# never exceed its owner's), so the idle culler sees a busy workspace as busy.
 USER_SCOPES = [
     "read:users!user", "read:users:name!user", "read:users:groups!user", "read:users:activity!user",
+    "users:activity!user",
     "read:users:shares!user", "read:servers!user", "delete:servers!user", "access:servers!user",
     "tokens!user", "read:tokens!user",
 ]

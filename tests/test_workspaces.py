@@ -3,6 +3,7 @@ import datetime
 import threading
 import time
 
+import requests
 
 from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE
 
@@ -167,3 +168,23 @@ def test_two_open_analyses_keep_separate_sessions(hub):
     hub.stop_workspace(ADA, "a-101")
     hub.stop_workspace(ADA, "a-102")
 
+
+def test_a_workspace_token_may_report_its_researchers_activity(hub):
+    """The culler decides from activity: a workspace busy computing must be able to say so. Its
+    server token has JupyterHub's `server` scopes, never more than its owner's role."""
+    hub.browser_session(ADA)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    server_scopes = ["users:activity!user", f"access:servers!server={ADA}/a-102"]
+    r = hub.api("POST", f"/users/{ADA}/tokens", json={"note": "like a server token", "scopes": server_scopes})
+    assert r.status_code == 201, r.text  # 403 when the researchers' role lacks users:activity
+    user_token = hub.api("POST", f"/users/{ADA}/tokens", json={"note": "a researcher's own"}).json()["token"]
+    for token in (r.json()["token"], user_token):
+        headers = {"Authorization": f"token {token}"}
+        r = requests.post(f"{hub.url}/hub/api/users/{ADA}/activity", headers=headers,
+                          json={"last_activity": now})
+        assert r.status_code == 200, r.text
+        # only for themselves
+        r = requests.post(f"{hub.url}/hub/api/users/{GRACE}/activity", headers=headers,
+                          json={"last_activity": now})
+        assert r.status_code in (403, 404), r.status_code
+    assert hub.api("GET", f"/users/{ADA}").json()["last_activity"][:16] == now[:16]
