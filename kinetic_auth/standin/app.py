@@ -32,7 +32,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 SESSION_SECONDS = 12 * 3600
 
 
-SECRET_FIELDS = ("api_key", "analysis_api_key", "signed_id")
+SECRET_FIELDS = ("api_key", "analysis_api_key")
 
 
 def masked(value):
