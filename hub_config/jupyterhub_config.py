@@ -87,22 +87,30 @@ c.KineticAuthenticator.sso_cookie_name = env("KINETIC_COOKIE_NAME", "oxa")
 # Researchers may not start servers through the REST API or JupyterHub's spawn pages: the only way
 # in is /hub/analysis/<id>, which asks Kinetic first. (pre_spawn_start checks again for any path.)
 # Nor may they share a workspace themselves: joining goes through Kinetic's list of researchers.
+# `users:activity!user`: a workspace reports its own activity with its server token (whose scopes
+# never exceed its owner's), so the idle culler sees a busy workspace as busy.
 USER_SCOPES = [
     "read:users!user", "read:users:name!user", "read:users:groups!user", "read:users:activity!user",
+    "users:activity!user",
     "read:users:shares!user", "read:servers!user", "delete:servers!user", "access:servers!user",
     "tokens!user", "read:tokens!user",
-    # a workspace reports activity with its own token (never more than its owner may do): without
-    # this, a workspace busy computing with no browser open looks idle to the culler
-    "users:activity!user",
 ]
 IDLE_TIMEOUT = int(env("KINETIC_IDLE_TIMEOUT", "1800"))  # 30 minutes, as the original
 IDLE_EVERY = int(env("KINETIC_IDLE_CHECK_EVERY", str(max(1, min(300, IDLE_TIMEOUT // 5)))))
+# The hub's own pages (/hub/analysis/<id>, /hub/home) find, start, name and share workspaces through
+# JupyterHub's public REST API as this service. Its token is made afresh at each start and lives only
+# in the hub's memory (no file, no environment variable).
+HUB_PAGES_TOKEN = secrets.token_hex(32)
+c.KineticAuthenticator.hub_api_token = HUB_PAGES_TOKEN
 c.JupyterHub.load_roles = [
     {"name": "user", "scopes": USER_SCOPES},
     {"name": "idle-culler", "services": ["idle-culler"],
      "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]},
+    {"name": "kinetic-hub-pages", "services": ["kinetic-hub-pages"],
+     "scopes": ["list:users", "read:servers", "start:servers", "shares", "read:users:name"]},
 ]
 c.JupyterHub.services = [
+    {"name": "kinetic-hub-pages", "api_token": HUB_PAGES_TOKEN},
     {
         "name": "idle-culler",
         "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={IDLE_TIMEOUT}",
@@ -127,6 +135,9 @@ c.ContainerBackend.pids_limit = int(env("KINETIC_WORKSPACE_PIDS", "512"))
 c.ContainerBackend.orphan_grace_seconds = float(env("KINETIC_ORPHAN_GRACE_SECONDS", "60"))
 
 if PROFILE == "local":
+    # the demo's SQLite database follows the hub across upgrades (JupyterHub backs it up first);
+    # in production, migrations are an explicit step (README, Operations)
+    c.JupyterHub.upgrade_db = True
     keys = ensure_standin_keys(STATE)
     c.KineticAuthenticator.sso_public_key_file = str(STATE / "keys" / "sso_public_key.pem")
     c.KineticAuthenticator.sso_encryption_key_file = str(STATE / "keys" / "sso_encryption_key")

@@ -93,6 +93,16 @@ class KineticAuthenticator(Authenticator):
         this many seconds for new workspace starts and joins.""",
     ).tag(config=True)
 
+    hub_api_token = Unicode(
+        "",
+        help="""Token of the hub-registered service the hub's own pages act as when they find, start,
+        name and share workspaces through JupyterHub's REST API (see `kinetic_auth.hub_api`).
+
+        Its role needs `list:users`, `read:servers`, `start:servers`, `shares` and `read:users:name`.
+        hub_config/jupyterhub_config.py makes a fresh one at each hub start, kept in the hub's memory
+        only. Never give it to anything else.""",
+    ).tag(config=True)
+
     @default("auto_login")
     def _auto_login_default(self):
         return True

@@ -7,25 +7,33 @@ over JupyterHub's own ``/login``, ``/logout`` and ``/home``:
     /logout                    hub session and Kinetic session both end
     /home                      the researcher's analyses (from Kinetic) with each workspace's state
     /analysis/<id>             authorize with Kinetic, start or join the workspace, show progress
-    /analysis/<id>/progress    event stream of the workspace's start (JupyterHub's own, re-authorized)
+    /analysis/<id>/progress    server-sent events of the workspace's start, authorized by analysis membership
     /editor/                   Kinetic's old `/editor/#<id>` link, forwarded to /analysis/<id>
+
+Workspaces are found, started, named and shared through JupyterHub's public REST API (``hub_api``);
+the one JupyterHub behaviour used that has no public API is kept in ``hub_adapter``.
 """
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import time
+import unicodedata
 from collections import defaultdict
 
-from jupyterhub import orm
-from jupyterhub.apihandlers.users import SpawnProgressAPIHandler
 from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.handlers.login import LogoutHandler
 from jupyterhub.utils import url_escape_path, url_path_join
 from tornado import web
 from tornado.httputil import url_concat
+from tornado.iostream import StreamClosedError
 
 from kinetic_spawner import slugs
 
 from . import cookie as sso
+from .hub_adapter import skip_oauth_confirmation
+from .hub_api import HubAPI, HubAPIError, Workspace
 from .kinetic import KineticError
 
 # One lock per analysis: two clicks (or two researchers) at the same moment make one workspace.
@@ -33,22 +41,13 @@ from .kinetic import KineticError
 _analysis_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
 
-def find_workspaces(handler: BaseHandler, analysis_ids) -> dict:
-    """analysis id -> its active (starting or running) workspace, whoever owns it; one query."""
-    names = {slugs.server_name(a): a for a in analysis_ids}
-    found = {}
-    for orm_spawner in handler.db.query(orm.Spawner).filter(orm.Spawner.name.in_(names)):
-        if orm_spawner.user is None:
-            continue
-        spawner = handler.users[orm_spawner.user].spawners.get(orm_spawner.name)
-        if spawner is not None and spawner.active:
-            found[names[orm_spawner.name]] = spawner
-    return found
-
-
-def find_workspace(handler: BaseHandler, analysis_id: str):
-    """The active workspace of one analysis, or None."""
-    return find_workspaces(handler, [analysis_id]).get(analysis_id)
+def display_name(analysis: dict, analysis_id: str) -> str:
+    """The workspace's JupyterHub display name: the analysis title, made valid for JupyterHub
+    (1-255 printable characters, single spaces, none at the ends)."""
+    title = unicodedata.normalize("NFC", str(analysis.get("title") or ""))
+    title = "".join(c if unicodedata.category(c)[0] in "LMNPS" else " " for c in title)
+    title = re.sub(" +", " ", title).strip()[:255].rstrip()
+    return title or f"Analysis {analysis_id}"
 
 
 def workspace_url(spawner) -> str:
@@ -56,7 +55,25 @@ def workspace_url(spawner) -> str:
 
 
 class KineticPage(BaseHandler):
-    """Shared bits: branded error pages and asking Kinetic about an analysis."""
+    """Shared bits: branded error pages, asking Kinetic about an analysis, finding workspaces."""
+
+    @property
+    def hub_api(self) -> HubAPI:
+        return HubAPI(self.hub.api_url, self.authenticator.hub_api_token)
+
+    async def find_workspaces(self, analysis_ids) -> dict[str, Workspace]:
+        """analysis id -> its active (starting or running) workspace, whoever owns it; one listing."""
+        names = {slugs.server_name(a): a for a in analysis_ids}
+        found = await self.hub_api.active_servers(names)
+        return {names[name]: ws for name, ws in found.items()}
+
+    async def find_workspace(self, analysis_id: str) -> Workspace | None:
+        return (await self.find_workspaces([analysis_id])).get(analysis_id)
+
+    def live_spawner(self, owner: str, server_name: str):
+        """The hub's Spawner object of a workspace (for its state and progress), or None."""
+        owner_user = self.find_user(owner)
+        return owner_user.spawners.get(server_name) if owner_user is not None else None
 
     async def error_page(self, status: int, title: str, message: str):
         self.set_status(status)
@@ -136,20 +153,25 @@ class AnalysesHomeHandler(KineticPage):
                 valid.append((slugs.check_analysis_id(a.get("id")), a))
             except slugs.BadAnalysisId:
                 continue
-        running = find_workspaces(self, [aid for aid, _ in valid])
+        running = {}
+        try:
+            running = await self.find_workspaces([aid for aid, _ in valid])
+        except HubAPIError as e:
+            self.log.error("Could not list running workspaces: %s", e)
+            error = error or "The state of your workspaces cannot be shown right now."
         rows = []
         for aid, a in valid:
-            spawner = running.get(aid)
+            ws = running.get(aid)
             names = {r.get("user_id"): f"{r.get('first_name', '')} {r.get('last_name', '')}".strip()
                      for r in a.get("researchers", [])}
-            if spawner is None:
+            if ws is None:
                 status = "Not running"
             else:
-                who = "you" if spawner.user.name == user.name else names.get(spawner.user.name, "a co-researcher")
-                status = f"{'Running' if spawner.ready else 'Starting'} (opened by {who})"
+                who = "you" if ws.owner == user.name else names.get(ws.owner, "a co-researcher")
+                status = f"{'Running' if ws.ready else 'Starting'} (opened by {who})"
             rows.append({"id": aid, "title": a.get("title", ""), "description": a.get("description", ""),
                          "researchers": [n for n in names.values() if n], "status": status,
-                         "running": spawner is not None,
+                         "running": ws is not None,
                          "url": url_path_join(self.hub.base_url, "analysis", aid)})
         html = await self.render_template("home.html", analyses=rows, error=error,
                                           profile=state.get("profile", {}))
@@ -164,47 +186,74 @@ class AnalysisHandler(KineticPage):
             return
         aid, analysis = found
         user = self.current_user
-        async with _analysis_locks[aid]:
-            spawner = find_workspace(self, aid)
-            if spawner is None:
-                spawner = await self.start_workspace(user, aid)
-            elif spawner.user.name != user.name:
-                # A co-researcher joins the running workspace; a second one on the same storage
-                # would have two R sessions writing the same files.
-                orm.Share.grant(self.db, spawner.orm_spawner, user.orm_user)
-                # Kinetic already says they work together on this analysis: no extra JupyterHub
-                # "authorize access" page for the joiner (the share still limits what they reach).
-                self.settings.setdefault("oauth_no_confirm_list", set()).add(spawner.oauth_client_id)
-                self.log.info("%s joined the workspace of analysis %s opened by %s",
-                              user.name, aid, spawner.user.name)
+        name = slugs.server_name(aid)
+        try:
+            async with _analysis_locks[aid]:
+                ws = await self.find_workspace(aid)
+                if ws is None:
+                    await self.start_workspace(user, aid, display_name(analysis, aid))
+                    owner = user.name
+                else:
+                    owner = ws.owner
+                    if owner != user.name:
+                        await self.join_workspace(user, aid, owner)
+        except HubAPIError as e:
+            self.log.error("Opening analysis %s for %s failed: %s", aid, user.name, e)
+            await self.error_page(503 if e.status >= 500 else e.status, "The workspace could not be opened",
+                                  "Something went wrong while opening this analysis' workspace. "
+                                  "Please try again in a minute.")
+            return
+        spawner = self.live_spawner(owner, name)
+        if spawner is None:
+            await self.error_page(503, "The workspace could not be opened", "Please try again in a minute.")
+            return
         if spawner.ready:
             self.redirect(workspace_url(spawner))
             return
         html = await self.render_template(
             "analysis_pending.html", analysis=analysis, spawner=spawner, user=user,
-            # EventSource is a cors-mode fetch: JupyterHub wants the xsrf token on it
             progress_url=url_concat(url_path_join(self.hub.base_url, "analysis", aid, "progress"),
                                     {"_xsrf": self.xsrf_token.decode("ascii")}))
         self.finish(html)
 
-    async def start_workspace(self, user, aid: str):
+    async def start_workspace(self, user, aid: str, title: str) -> None:
         name = slugs.server_name(aid)
         self.log.info("%s opens analysis %s: starting workspace %s", user.name, aid, name)
-        existing = user.orm_user.orm_spawners.get(name)
-        if existing is not None and existing.shares:
-            # Shares from an earlier session are dropped: every join is re-checked with Kinetic,
-            # so a researcher removed from the analysis cannot come back through an old share.
-            for share in list(existing.shares):
-                self.db.delete(share)
-            self.db.commit()
-        # With slow_spawn_timeout = 0 this returns once the spawn is pending; progress shows the rest.
-        await self.spawn_single_user(user, name, options={"analysis_id": aid})
-        return user.spawners[name]
+        # Shares from an earlier session are dropped: every join is re-checked with Kinetic,
+        # so a researcher removed from the analysis cannot come back through an old share.
+        await self.hub_api.revoke_all_shares(user.name, name)
+        # Returns once the start is pending (slow_spawn_timeout = 0); the progress page shows the rest.
+        # The display name (the analysis title) is set, or renamed if Kinetic's title changed.
+        await self.hub_api.start_server(user.name, name, title, {"analysis_id": aid})
+
+    async def join_workspace(self, user, aid: str, owner: str) -> None:
+        # A co-researcher joins the running workspace; a second one on the same storage
+        # would have two R sessions writing the same files.
+        name = slugs.server_name(aid)
+        await self.hub_api.grant_share(owner, name, user.name)
+        spawner = self.live_spawner(owner, name)
+        if spawner is not None:
+            # Kinetic already says they work together on this analysis: no extra JupyterHub
+            # "authorize access" page for the joiner (the share still limits what they reach).
+            skip_oauth_confirmation(self.settings, spawner.oauth_client_id)
+        self.log.info("%s joined the workspace of analysis %s opened by %s", user.name, aid, owner)
 
 
-class AnalysisProgressHandler(SpawnProgressAPIHandler):
-    """JupyterHub's progress event stream, authorized by analysis membership instead of scopes,
-    so a co-researcher who joins a workspace can watch it start too."""
+GENERIC_FAILURE = ("The workspace could not be started. Please try again; "
+                   "if it keeps failing, tell the Kinetic team.")
+
+
+class AnalysisProgressHandler(KineticPage):
+    """Server-sent events of a workspace's start, authorized by analysis membership (so a
+    co-researcher who joins a workspace can watch it start too).
+
+    Each event is ``data: <json>``: the spawner's own steps ``{"progress", "message"}`` (messages
+    shown as text, never HTML), then either ``{"progress": 100, "ready": true, "message", "url"}``
+    or ``{"progress": 100, "failed": true, "message"}``.
+    """
+
+    keepalive_seconds = 8  # a comment line now and then, so proxies keep the stream open
+    poll_seconds = 0.5  # how often the start's state is looked at between progress steps
 
     async def get(self, analysis_id):
         user = self.current_user
@@ -216,13 +265,79 @@ class AnalysisProgressHandler(SpawnProgressAPIHandler):
             raise web.HTTPError(404, "no such analysis") from None
         if analysis is None:
             raise web.HTTPError(404, "no such analysis")
-        spawner = find_workspace(self, analysis_id)
+        name = slugs.server_name(analysis_id)
+        try:
+            ws = await self.find_workspace(analysis_id)
+        except HubAPIError as e:
+            raise web.HTTPError(503, "workspaces cannot be listed right now") from e
+        # Not active: perhaps this researcher's own start just failed; the stream reports that.
+        spawner = self.live_spawner(ws.owner, name) if ws else user.spawners.get(name)
         if spawner is None:
-            # Not active: perhaps this researcher's own start just failed; the parent reports that.
-            spawner = user.spawners.get(slugs.server_name(analysis_id))
-            if spawner is None:
-                raise web.HTTPError(404, "no workspace is starting for this analysis")
-        await SpawnProgressAPIHandler.get.__wrapped__(self, spawner.user.name, spawner.name)
+            raise web.HTTPError(404, "no workspace is starting for this analysis")
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        try:
+            await self.stream(spawner)
+        except StreamClosedError:
+            pass  # the page went away
+
+    async def send(self, event: dict | None) -> None:
+        self.write(f"data: {json.dumps(event)}\n\n" if event is not None else ":\n\n")
+        await self.flush()
+
+    def outcome(self, spawner) -> dict | None:
+        """The final event once the start is over, None while it goes on."""
+        if spawner.ready:
+            return {"progress": 100, "ready": True, "message": "Your workspace is ready.",
+                    "url": workspace_url(spawner)}
+        if not spawner.active:  # neither running nor pending: the start ended without a server
+            return {"progress": 100, "failed": True,
+                    "message": getattr(spawner, "failure_message", None) or GENERIC_FAILURE}
+        return None
+
+    async def stream(self, spawner) -> None:
+        final = self.outcome(spawner)
+        if final is not None:
+            await self.send(final)
+            return
+        events: asyncio.Queue = asyncio.Queue()
+
+        async def pump():
+            try:
+                async for event in spawner.progress():
+                    await events.put(event)
+            except Exception:
+                self.log.exception("progress of %s/%s failed", spawner.user.name, spawner.name)
+
+        pumping = asyncio.ensure_future(pump())
+        last_progress, last_sent = 0, time.monotonic()
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(events.get(), self.poll_seconds)
+                except asyncio.TimeoutError:
+                    event = None
+                if event is not None:
+                    if not isinstance(event, dict):
+                        continue
+                    try:
+                        last_progress = max(last_progress, min(99, int(event.get("progress", last_progress))))
+                    except (TypeError, ValueError):
+                        pass
+                    await self.send({"progress": last_progress, "message": str(event.get("message", ""))})
+                    last_sent = time.monotonic()
+                    continue
+                # nothing queued: every step so far has been sent, so the outcome comes last
+                final = self.outcome(spawner)
+                if final is not None:
+                    await self.send(final)
+                    return
+                if time.monotonic() - last_sent > self.keepalive_seconds:
+                    await self.send(None)
+                    last_sent = time.monotonic()
+        finally:
+            pumping.cancel()
 
 
 class EditorHandler(BaseHandler):

@@ -78,8 +78,15 @@ class Standin:
         r.raise_for_status()
         return session.cookies.get("oxa")
 
+    def records_token(self) -> str:
+        return (self.state_dir / "keys" / "standin_records_token").read_text().strip()
+
     def records(self) -> dict:
-        return requests.get(f"{self.url}/standin/records", timeout=5).json()
+        """What the enclave told the stand-in (keys masked); the endpoint wants the records token."""
+        r = requests.get(f"{self.url}/standin/records", timeout=5,
+                         headers={"Authorization": f"Bearer {self.records_token()}"})
+        r.raise_for_status()
+        return r.json()
 
 
 @contextmanager

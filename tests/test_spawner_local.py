@@ -89,7 +89,7 @@ async def hub(standin, tmp_path_factory):
 async def workspace(hub, analysis):
     """Ada opens analysis 101 through the hub's REST API, as the hub's analysis page would."""
     user = hub.users["ada"]
-    spawner = user.spawners[SERVER]
+    spawner = user.get_or_create_spawner(SERVER, "")
     spawner.analysis = analysis  # what KineticAuthenticator.pre_spawn_start does
 
     events = []
@@ -170,7 +170,7 @@ async def test_no_secret_in_arguments_or_saved_state(workspace, analysis):
 
 
 async def test_a_second_instance_of_the_same_analysis_is_refused(hub, workspace, analysis):
-    spawner = hub.users["grace"].spawners[SERVER]
+    spawner = hub.users["grace"].get_or_create_spawner(SERVER, "")
     spawner.analysis = analysis
     with pytest.raises(web.HTTPError) as e:
         await spawner.start()
@@ -181,19 +181,19 @@ async def test_a_second_instance_of_the_same_analysis_is_refused(hub, workspace,
 
 
 async def test_start_refuses_what_is_not_an_analysis_workspace(hub, analysis):
-    plain = hub.users["grace"].spawners["notes"]
+    plain = hub.users["grace"].get_or_create_spawner("notes", "")
     plain.analysis = analysis
     with pytest.raises(web.HTTPError) as e:
         await plain.start()
     assert e.value.status_code == 400 and "not an analysis workspace" in e.value.log_message
-    bare = hub.users["grace"].spawners["a-103"]
+    bare = hub.users["grace"].get_or_create_spawner("a-103", "")
     with pytest.raises(web.HTTPError) as e:
         await bare.start()
     assert e.value.status_code == 400 and "/hub/analysis/103" in e.value.log_message
 
 
 async def test_the_aws_backend_is_refused_clearly_for_now(hub):
-    spawner = hub.users["grace"].spawners["a-103"]
+    spawner = hub.users["grace"].get_or_create_spawner("a-103", "")
     spawner.backend = "aws"
     spawner.analysis = {"id": 103, "api_key": "a-not-used"}
     with pytest.raises(web.HTTPError) as e:
@@ -203,7 +203,7 @@ async def test_the_aws_backend_is_refused_clearly_for_now(hub):
 
 
 async def test_rserver_is_found_on_the_path_or_not_at_all(hub):
-    spawner = hub.users["grace"].spawners["a-103"]
+    spawner = hub.users["grace"].get_or_create_spawner("a-103", "")
     spawner.backend = "process"
     backend = spawner._backend_impl()
     assert backend.find_rserver("/usr/bin:/bin") is None

@@ -1,4 +1,6 @@
 """The stand-in speaks Kinetic's shapes: cookie format, authorization by cookie, data, enclave API."""
+import json
+
 import requests
 
 from kinetic_auth import cookie as sso
@@ -67,3 +69,76 @@ def test_enclave_calls_are_recorded(standin):
                         json={"api_key": run["api_key"], "status": "failure"}).ok
     ends = [r["endpoint"] for r in standin.records()["records"]]
     assert ends[-3:] == ["runs", "log", "completion"]
+
+
+def test_records_need_the_token_and_never_hold_keys(standin):
+    key = ensure_standin_keys(standin.state_dir).enclave_key
+    h = {"Authorization": f"Bearer {key}"}
+    run = requests.post(f"{standin.url}/api/v1/enclave/runs", json={"analysis_id": 101, "message": "k"},
+                        headers=h).json()
+    assert requests.post(f"{standin.url}/api/v1/enclave/runs/log", headers=h,
+                         json={"api_key": run["api_key"], "stage": "run", "level": "info",
+                               "message": "x"}).ok
+    # a workspace can reach the stand-in over the network: without the token, nothing
+    for headers in ({}, {"Authorization": "Bearer wrong"}, h):
+        r = requests.get(f"{standin.url}/standin/records", headers=headers)
+        assert r.status_code == 401, headers
+        assert run["api_key"] not in r.text
+    data = standin.records()
+    text = json.dumps(data)
+    s = requests.Session()
+    standin.sign_in(s, ADA)
+    analysis_key = s.get(f"{standin.url}/api/v1/researcher/analysis/101").json()["api_key"]
+    for secret in (run["api_key"], run["analysis_api_key"], analysis_key, key):
+        assert secret not in text
+    for page in ("/", ):  # the demo's index page lists records too
+        assert run["api_key"] not in requests.get(standin.url + page).text
+    assert run["api_key"] not in (standin.state_dir / "standin-enclave-calls.jsonl").read_text()
+    # still comparable: the run and its log lines carry the same fingerprint
+    mine = next(r for r in data["runs"] if r["id"] == run["id"])
+    assert mine["api_key"].startswith("masked:")
+    assert any(rec["endpoint"] == "log" and rec["body"]["api_key"] == mine["api_key"] for rec in data["records"])
+
+
+ALLOWED = "http://127.0.0.1:8000/hub/login?next=%2Fhub%2Fhome"
+HOSTILE_RETURNS = [
+    "/\\evil.example", "/\\/evil.example", "\\\\evil.example", "//evil.example", "///evil.example",
+    "/\t/evil.example", "/\n/evil.example", "/\r/evil.example", "\t//evil.example",
+    "http://evil.example/", "https://evil.example/x", "http://127.0.0.1\\@evil.example/",
+    "http://evil.example\\@127.0.0.1/", "http://127.0.0.1@evil.example/", "http://user@127.0.0.1/",
+    "http:\\\\evil.example", "http:/\\evil.example", "http:evil.example", "javascript:alert(1)",
+    "JavaScript:alert(1)", " javascript:alert(1)", "data:text/html,<script>alert(1)</script>",
+    "http://127.0.0.1:99999/", "http://127.0.0.1.evil.example/", "http://localhost%2eevil.example/",
+]
+
+
+def _return_of(standin, r):
+    s = requests.Session()
+    resp = s.post(f"{standin.url}/accounts/login", data={"uuid": ADA, "r": r}, allow_redirects=False)
+    assert resp.status_code == 302, (r, resp.status_code)
+    return resp.headers["Location"]
+
+
+def test_return_links_stay_on_the_allowed_origins(standin):
+    for r in HOSTILE_RETURNS:
+        assert _return_of(standin, r) == "/", repr(r)
+    # what the hub sends still works, and so do paths on the stand-in itself
+    assert _return_of(standin, ALLOWED) == ALLOWED
+    assert _return_of(standin, "https://localhost/hub/") == "https://localhost/hub/"
+    assert _return_of(standin, "/accounts/login?x=1") == "/accounts/login?x=1"
+    # the sign-in page's form carries the checked link, not the raw one
+    page = requests.get(f"{standin.url}/accounts/login", params={"r": "/\\evil.example"}).text
+    assert "evil.example" not in page
+
+
+def test_every_return_link_resolves_to_an_allowed_origin_as_a_browser_would(standin):
+    """Independent of the check's own logic: resolve each answer against the stand-in's URL with
+    WHATWG-like rules (backslash is slash, tab/newline dropped) and compare origins."""
+    from urllib.parse import urljoin, urlsplit
+
+    base = standin.url + "/accounts/login"
+    for r in HOSTILE_RETURNS + [ALLOWED]:
+        location = _return_of(standin, r)
+        browser = location.replace("\\", "/").replace("\t", "").replace("\n", "").replace("\r", "")
+        target = urlsplit(urljoin(base, browser))
+        assert target.scheme in ("http", "https") and target.hostname in ("127.0.0.1", "localhost"), (r, location)

@@ -3,6 +3,8 @@ import datetime
 import threading
 import time
 
+import requests
+
 from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE
 
 
@@ -78,6 +80,9 @@ def test_opening_an_analysis_gives_a_seeded_workspace_through_the_proxy(hub):
     assert f'cutoff_date = "{datetime.date.today().isoformat()}"' in main
     api_key = hub.api("GET", f"/users/{ADA}").json()  # not exposed: just make sure the server is listed
     assert "a-102" in api_key["servers"]
+    # JupyterHub 6's display name is the analysis title: the admin panel and the API say what it is
+    assert api_key["servers"]["a-102"]["display_name"] == "Spaced practice effects"
+    assert hub.api("GET", f"/users/{ADA}/servers/a-102").json()["display_name"] == "Spaced practice effects"
     renviron = (home / ".Renviron").read_text()
     assert renviron.count("ANALYSIS_API_KEY=a") == 1
     data = list((home / "kinetic" / "data").glob("*.csv"))
@@ -162,3 +167,24 @@ def test_two_open_analyses_keep_separate_sessions(hub):
             assert r.status_code == 200 and "RStudio" in r.text, (marker, r.status_code)
     hub.stop_workspace(ADA, "a-101")
     hub.stop_workspace(ADA, "a-102")
+
+
+def test_a_workspace_token_may_report_its_researchers_activity(hub):
+    """The culler decides from activity: a workspace busy computing must be able to say so. Its
+    server token has JupyterHub's `server` scopes, never more than its owner's role."""
+    hub.browser_session(ADA)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    server_scopes = ["users:activity!user", f"access:servers!server={ADA}/a-102"]
+    r = hub.api("POST", f"/users/{ADA}/tokens", json={"note": "like a server token", "scopes": server_scopes})
+    assert r.status_code == 201, r.text  # 403 when the researchers' role lacks users:activity
+    user_token = hub.api("POST", f"/users/{ADA}/tokens", json={"note": "a researcher's own"}).json()["token"]
+    for token in (r.json()["token"], user_token):
+        headers = {"Authorization": f"token {token}"}
+        r = requests.post(f"{hub.url}/hub/api/users/{ADA}/activity", headers=headers,
+                          json={"last_activity": now})
+        assert r.status_code == 200, r.text
+        # only for themselves
+        r = requests.post(f"{hub.url}/hub/api/users/{GRACE}/activity", headers=headers,
+                          json={"last_activity": now})
+        assert r.status_code in (403, 404), r.status_code
+    assert hub.api("GET", f"/users/{ADA}").json()["last_activity"][:16] == now[:16]

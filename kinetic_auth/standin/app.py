@@ -14,21 +14,53 @@ import hmac
 import json
 import logging
 import random
+import re
 import secrets
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlsplit, urlunsplit
 
 from tornado import web
 from tornado.httpserver import HTTPServer
 
 from .. import cookie as sso
-from ..keys import ensure_standin_keys
+from ..keys import _write_secret, ensure_standin_keys
 from .seed import default_seed
 
 log = logging.getLogger("kinetic.standin")
 TEMPLATES = Path(__file__).parent / "templates"
 SESSION_SECONDS = 12 * 3600
+
+
+SECRET_FIELDS = ("api_key", "analysis_api_key")
+
+
+def masked(value):
+    """A copy with every key-like field replaced by a fingerprint: records stay comparable
+    (the same key gives the same fingerprint) but never hand a usable key out."""
+    if isinstance(value, dict):
+        return {k: (fingerprint(v) if k in SECRET_FIELDS and isinstance(v, str) else masked(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    return value
+
+
+def fingerprint(secret: str) -> str:
+    return "masked:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def records_token(state_dir: Path) -> str:
+    """The token /standin/records asks for: made once, readable only by the state dir's owner
+    (the tests, an operator) — never by a workspace, which can reach the stand-in over the network."""
+    path = Path(state_dir) / "keys" / "standin_records_token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            _write_secret(path, secrets.token_hex(32).encode())
+        except FileExistsError:
+            pass
+    return path.read_text().strip()
 
 
 class StandinState:
@@ -51,6 +83,7 @@ class StandinState:
         self.runs: dict[str, dict] = {}
         self.records: list[dict] = []
         self.records_file = Path(state_dir) / "standin-enclave-calls.jsonl"
+        self.records_token = records_token(Path(state_dir))
         self.data_secret = self._derive("data", "secret")
 
     def _derive(self, *parts) -> str:
@@ -58,7 +91,7 @@ class StandinState:
         return hmac.new(self.keys.encryption_key.encode(), msg, hashlib.sha256).hexdigest()
 
     def record(self, endpoint: str, body: dict) -> None:
-        entry = {"time": time.time(), "endpoint": endpoint, "body": body}
+        entry = {"time": time.time(), "endpoint": endpoint, "body": masked(body)}
         self.records.append(entry)
         with self.records_file.open("a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -140,16 +173,29 @@ class Base(web.RequestHandler):
 
 
 class LoginPage(Base):
+    # Characters a browser drops or reinterprets in a URL ("\\" is "/" in http(s) links; tab, CR, LF
+    # are removed; other controls and spaces are never part of a link we hand out): a link with any
+    # of them is refused rather than guessed at, so what we check is what the browser follows.
+    _AMBIGUOUS = re.compile(r"[\\\x00-\x20\x7f]")
+
     def safe_return(self, r: str) -> str:
-        # Only send people back to a host we know: no open redirect through the sign-in page.
-        if not r:
+        """Where to send someone after sign-in: a path on this site, or an http(s) link to one of the
+        allowed hosts (``return_hosts``). Anything else — another site, ``//host``, ``/\\host``,
+        ``javascript:``, user-info tricks, tabs or newlines hiding a ``//`` — becomes "/"."""
+        if not r or self._AMBIGUOUS.search(r):
             return "/"
-        target = urlparse(r)
-        if target.scheme in ("http", "https") and target.hostname in self.settings["return_hosts"]:
-            return r
-        if r.startswith("/") and not r.startswith("//"):
-            return r
-        return "/"
+        if r.startswith("/"):
+            return r if not r.startswith("//") else "/"
+        try:
+            target = urlsplit(r)
+            host, port = target.hostname, target.port  # port: raises on a malformed one
+        except ValueError:
+            return "/"
+        if (target.scheme.lower() not in ("http", "https") or "@" in target.netloc
+                or host not in self.settings["return_hosts"]):
+            return "/"
+        netloc = host if port is None else f"{host}:{port}"
+        return urlunsplit((target.scheme.lower(), netloc, target.path or "/", target.query, target.fragment))
 
     def get(self):
         self.render("login.html", researchers=list(self.state.researchers.values()),
@@ -298,10 +344,14 @@ class EnclaveCompletion(Base):
 
 
 class Records(Base):
-    """What the enclave told Kinetic (for tests and the demo's curious reader)."""
+    """What the enclave told Kinetic, for tests: behind the token in ``keys/standin_records_token``
+    (``Authorization: Bearer <token>``), and with every key masked."""
 
     def get(self):
-        self.finish({"records": self.state.records, "runs": list(self.state.runs.values())})
+        auth = self.request.headers.get("Authorization", "")
+        if not hmac.compare_digest(auth.encode(), f"Bearer {self.state.records_token}".encode()):
+            raise web.HTTPError(401, "the records token is required")
+        self.finish({"records": self.state.records, "runs": masked(list(self.state.runs.values()))})
 
 
 class Index(Base):
