@@ -27,11 +27,13 @@ start left behind under its names.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import socket
 from urllib.parse import urlparse, urlunparse
 
+from jupyterhub.utils import exponential_backoff
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
 from . import (STEP_HOST, STEP_PROVISION, STEP_SERVER, STEP_STORAGE, Address, BackendError,
@@ -57,6 +59,13 @@ _start_slots: dict[tuple, asyncio.Semaphore] = {}
 _prepared: dict[tuple, asyncio.Future] = {}
 
 
+@functools.lru_cache(maxsize=1)
+def _default_image_tag() -> str:
+    from ..image import workspace_image_tag
+
+    return workspace_image_tag()
+
+
 class ContainerBackend(HomesOnThisHost):
     """A podman container of the workspace image per analysis (see the module docstring).
 
@@ -79,9 +88,8 @@ class ContainerBackend(HomesOnThisHost):
 
     @default("image")
     def _default_image(self):
-        from ..image import workspace_image_tag
-
-        return workspace_image_tag()
+        # hashing the recipe's inputs takes ~0.1 s: once per hub process, not once per start
+        return _default_image_tag()
 
     memory_limit = Unicode(
         "2g", config=True,
@@ -287,6 +295,8 @@ class ContainerBackend(HomesOnThisHost):
         self.gateway = fut.result()
 
     async def _prepare_host_once(self) -> str:
+        if "image" not in self._trait_values:
+            await asyncio.to_thread(_default_image_tag)  # the first computation, off the loop
         try:
             subnet, gateway = await ensure_network(self.podman, self.network, self.subnet)
         except Exception as e:
@@ -393,7 +403,26 @@ class ContainerBackend(HomesOnThisHost):
             raise BackendError(f"the workspace container has no address on {self.network}: {ip[-300:]}")
         self.ip = ip.strip()
         self.log.info("[%s] workspace container %s at %s:%s", self.who, server, self.ip, self.port)
+        # Hold this start's slot until the server listens: starting a JupyterLab server is the
+        # CPU-heavy part, and thirty at once on two cores delay every one of them. This is pacing
+        # only; JupyterHub's own readiness wait (http_timeout) decides whether the start worked.
+        await self._until_listening(self.ip, self.port)
         return self.ip, self.port
+
+    async def _until_listening(self, ip: str, port: int) -> None:
+        async def listening():
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 2)
+            except (OSError, asyncio.TimeoutError):
+                return False
+            writer.close()
+            return True
+
+        try:
+            await exponential_backoff(listening, "workspace server not listening yet",
+                                      start_wait=0.1, max_wait=1, timeout=self.spawner.http_timeout)
+        except asyncio.TimeoutError:
+            pass  # the hub's readiness wait reports it
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def poll(self) -> int | None:

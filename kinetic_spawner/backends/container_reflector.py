@@ -66,7 +66,7 @@ class ContainerReflector:
     # -- snapshots ------------------------------------------------------------------------------
     async def _list(self) -> dict[str, ContainerInfo]:
         proc = await asyncio.create_subprocess_exec(
-            self.podman, "ps", "-a", "--filter", f"label={LABEL_INSTANCE}={self.instance}",
+            "nice", "-n", "10", self.podman, "ps", "-a", "--filter", f"label={LABEL_INSTANCE}={self.instance}",
             "--format", "json", stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
