@@ -56,5 +56,11 @@ test: deps
 bench: deps
 	$(PY) -m bench
 
+# ruff, configured in pyproject.toml (also run by .pre-commit-config.yaml): lint, then formatting
+.PHONY: lint
+lint: $(STAMPS)/venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 clean:
 	rm -rf $(VENV) $(STAMPS) node_modules state

@@ -8,21 +8,32 @@ answers every request. The others derive from it and break one thing. Each fails
 ``failures`` times (class attribute, set by the test), so a second start shows that a failure
 left nothing behind that blocks the next one.
 """
+
 from __future__ import annotations
 
 import asyncio
 import socket
 from typing import ClassVar
 
-from kinetic_spawner.backends import (STEP_HOST, STEP_PROVISION, STEP_SERVER, STEP_STORAGE, Address,
-                                      BackendError, WorkspaceBackend, WorkspaceRequest)
+from kinetic_spawner.backends import (
+    STEP_HOST,
+    STEP_PROVISION,
+    STEP_SERVER,
+    STEP_STORAGE,
+    Address,
+    BackendError,
+    WorkspaceBackend,
+    WorkspaceRequest,
+)
 
 # the steps a backend goes through, in order, with the words the real backends use
-STEPS = [("reserve", None, None),
-         ("host", STEP_HOST, "Acquiring a host"),
-         ("storage", STEP_STORAGE, "Preparing storage for the analysis home"),
-         ("provision", STEP_PROVISION, "Provisioning the workspace"),
-         ("server", STEP_SERVER, "Starting the workspace server")]
+STEPS = [
+    ("reserve", None, None),
+    ("host", STEP_HOST, "Acquiring a host"),
+    ("storage", STEP_STORAGE, "Preparing storage for the analysis home"),
+    ("provision", STEP_PROVISION, "Provisioning the workspace"),
+    ("server", STEP_SERVER, "Starting the workspace server"),
+]
 
 # every tiny server still listening, by port: "nothing left running" is an empty dict
 LISTENING: dict[int, asyncio.AbstractServer] = {}
@@ -38,8 +49,12 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     try:
         await reader.readuntil(b"\r\n\r\n")
         body = b'{"tiny": "workspace"}'
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                     + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body
+        )
         await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
@@ -55,12 +70,12 @@ class TinyBackend(WorkspaceBackend):
     """A backend that works, in the test process: the server is a tiny HTTP server."""
 
     kind: ClassVar[str] = "tiny"
-    failures: ClassVar[int] = 0          # how many starts still fail (the failing subclasses)
+    failures: ClassVar[int] = 0  # how many starts still fail (the failing subclasses)
     # when set, a failing step waits for it before raising: the test first attaches to the
     # progress stream, as the researcher's page does, so it sees every step before the failure
     gate: ClassVar[asyncio.Event | None] = None
-    starts: ClassVar[int] = 0            # starts attempted, all instances
-    stops: ClassVar[int] = 0             # stops, all instances
+    starts: ClassVar[int] = 0  # starts attempted, all instances
+    stops: ClassVar[int] = 0  # stops, all instances
 
     def __init__(self, spawner, **kwargs):
         super().__init__(spawner, **kwargs)

@@ -7,6 +7,7 @@ asserts what a person would see — the steps on the progress page, then the fai
 that nothing is left registered or running, and that opening the analysis again works.
 The end-to-end suite (real hub, podman workspaces) keeps the paths that need real parts.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,15 +61,23 @@ async def make_hub(hub_app, test_backends, monkeypatch, tmp_path):
 
     async def make(backend: str, extra: dict | None = None, **spawner_options):
         config = {
-            "JupyterHub": {"spawner_class": WorkspaceSpawner, "allow_named_servers": True,
-                           # as hub_config: the start runs in the background, the page follows it
-                           "tornado_settings": {"slow_spawn_timeout": 0},
-                           # nothing written into the working directory
-                           "cookie_secret": os.urandom(32)},
+            "JupyterHub": {
+                "spawner_class": WorkspaceSpawner,
+                "allow_named_servers": True,
+                # as hub_config: the start runs in the background, the page follows it
+                "tornado_settings": {"slow_spawn_timeout": 0},
+                # nothing written into the working directory
+                "cookie_secret": os.urandom(32),
+            },
             "ConfigurableHTTPProxy": {"pid_file": str(tmp_path / "proxy.pid")},
-            "WorkspaceSpawner": {"backend": backend, "kinetic_url": "http://127.0.0.1:9",
-                                 "pre_spawn_hook": hand_over, "http_timeout": 10, "start_timeout": 20,
-                                 **spawner_options},
+            "WorkspaceSpawner": {
+                "backend": backend,
+                "kinetic_url": "http://127.0.0.1:9",
+                "pre_spawn_hook": hand_over,
+                "http_timeout": 10,
+                "start_timeout": 20,
+                **spawner_options,
+            },
             **(extra or {}),
         }
         app = await hub_app(config)
@@ -152,19 +161,27 @@ async def test_a_step_that_fails_is_said_in_words_and_leaves_nothing(make_hub, m
     assert events[-1]["failed"] and words in events[-1]["message"], events
     # the page showed each step up to the one that failed, in order, and none after it
     shown = [m for _, percent, m in STEPS if percent is not None]
-    reached = [m for name, percent, m in STEPS if percent is not None
-               and [s for s, _, _ in STEPS].index(name) <= [s for s, _, _ in STEPS].index(step)]
+    reached = [
+        m
+        for name, percent, m in STEPS
+        if percent is not None
+        and [s for s, _, _ in STEPS].index(name) <= [s for s, _, _ in STEPS].index(step)
+    ]
     assert [m for m in messages(events) if m in shown] == reached, messages(events)
     assert RaisesAtStep.stops >= (1 if fail_at == "server-started" else 0)
     await assert_nothing_left(app)
     await assert_second_start_works(app)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the progress page says 'Spawn failed: HTTP 500: error (The workspace for analysis 101 could not "
-    "start: ...)': JupyterHub shows str(HTTPError) after overwriting its reason with 'error'. Fix in "
-    "WorkspaceSpawner.start: set error.jupyterhub_message to the words (JupyterHub's format_exception "
-    "reads it); then remove this mark"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "the progress page says 'Spawn failed: HTTP 500: error (The workspace for analysis 101 could not "
+        "start: ...)': JupyterHub shows str(HTTPError) after overwriting its reason with 'error'. Fix in "
+        "WorkspaceSpawner.start: set error.jupyterhub_message to the words (JupyterHub's format_exception "
+        "reads it); then remove this mark"
+    ),
+)
 async def test_the_failure_reads_as_a_sentence_without_http_codes(make_hub, monkeypatch):
     app = await make_hub("raises")
     RaisesAtStep.reset(failures=1)
@@ -179,11 +196,15 @@ async def test_an_unexpected_error_in_a_backend_is_still_said_in_words(make_hub,
     app = await make_hub("raises")
     RaisesAtStep.reset(failures=1)
     monkeypatch.setattr(RaisesAtStep, "fail_at", "storage")
-    monkeypatch.setattr(RaisesAtStep, "error", staticmethod(lambda step: OSError(28, "No space left on device")))
+    monkeypatch.setattr(
+        RaisesAtStep, "error", staticmethod(lambda step: OSError(28, "No space left on device"))
+    )
     RaisesAtStep.gate = asyncio.Event()
     events, spawner = await open_workspace(app, gate=RaisesAtStep.gate)
     assert spawner.failure_message == "[Errno 28] No space left on device"
-    assert events[-1]["failed"] and events[-1]["message"] == "Spawn failed: [Errno 28] No space left on device"
+    assert (
+        events[-1]["failed"] and events[-1]["message"] == "Spawn failed: [Errno 28] No space left on device"
+    )
     assert "Traceback" not in json.dumps(events)
     await assert_nothing_left(app)
     await assert_second_start_works(app)
@@ -249,13 +270,18 @@ def provision_processes(home: Path) -> list[int]:
 
 
 async def test_kinetic_timing_out_mid_spawn_is_said_in_words_and_leaves_nothing(
-        make_hub, standin_only, silent_kinetic, tmp_path):
+    make_hub, standin_only, silent_kinetic, tmp_path
+):
     s = requests.Session()
     standin_only.sign_in(s, ADA)
     analysis = s.get(f"{standin_only.url}/api/v1/researcher/analysis/101", timeout=10).json()
-    app = await make_hub("process", extra={
-        "ProcessBackend": {"provision_timeout": 2.0, "stop_timeout": 2.0},
-        "HomesOnThisHost": {"workspaces_root": str(tmp_path)}})
+    app = await make_hub(
+        "process",
+        extra={
+            "ProcessBackend": {"provision_timeout": 2.0, "stop_timeout": 2.0},
+            "HomesOnThisHost": {"workspaces_root": str(tmp_path)},
+        },
+    )
     app.handover.update(analysis=analysis, kinetic_url=silent_kinetic)
 
     t0 = time.monotonic()
@@ -274,8 +300,9 @@ async def test_kinetic_timing_out_mid_spawn_is_said_in_words_and_leaves_nothing(
     events, spawner = await open_workspace(app, timeout=90)
     assert events[-1].get("ready"), events
     token = app.users[USER].new_api_token(note="test")
-    r = await async_requests.get(public_url(app, app.users[USER], f"{SERVER}/api/status"),
-                                 headers={"Authorization": f"token {token}"})
+    r = await async_requests.get(
+        public_url(app, app.users[USER], f"{SERVER}/api/status"), headers={"Authorization": f"token {token}"}
+    )
     assert r.status_code == 200, r.text
     assert (tmp_path / AID / "kinetic" / "data" / "responses.csv").exists()
     r = await api_request(app, "users", USER, "servers", SERVER, method="delete")
@@ -284,4 +311,3 @@ async def test_kinetic_timing_out_mid_spawn_is_said_in_words_and_leaves_nothing(
     while spawner.active:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
-

@@ -7,6 +7,7 @@ enclave runs on PostgreSQL — the enclave (``postgres.database("enclave")``) ea
 To use it outside ``tests/ops``, import it in ``tests/conftest.py``:
 ``from .ops.conftest import postgres  # noqa: F401``.
 """
+
 import pytest
 
 from ..support import postgres_bin, running_postgres

@@ -2,6 +2,7 @@
 throwaway PostgreSQL server, the real hub from hub_config/jupyterhub_config.py pointed at it by
 ``KINETIC_DB_URL``, a researcher opening an analysis, and a hub restart that finds the workspace
 again in the database."""
+
 import json
 
 from kinetic_auth.standin.seed import ADA
@@ -19,8 +20,12 @@ def test_the_hub_runs_on_postgresql_and_a_restart_keeps_the_workspace(postgres, 
         # the hub's records are in PostgreSQL (and no SQLite file was made beside them)
         assert not (tmp_path / "jupyterhub.sqlite").exists()
         assert (ADA,) in postgres.query("hub_restart", "SELECT name FROM users")
-        [(saved,)] = postgres.query("hub_restart", "SELECT s.state FROM spawners s JOIN users u "
-                                    "ON s.user_id = u.id WHERE u.name = %s AND s.name = 'a-102'", ADA)
+        [(saved,)] = postgres.query(
+            "hub_restart",
+            "SELECT s.state FROM spawners s JOIN users u "
+            "ON s.user_id = u.id WHERE u.name = %s AND s.name = 'a-102'",
+            ADA,
+        )
         state = json.loads(saved)  # JupyterHub keeps spawner state as JSON text
         assert state["backend"] == "container" and state["analysis_id"] == "102", state
         [(version,)] = postgres.query("hub_restart", "SELECT version_num FROM alembic_version")
