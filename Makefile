@@ -8,9 +8,10 @@ VENV := .venv
 STAMPS := .stamps
 PY := $(VENV)/bin/python
 # Debian packages the system needs: podman+runc (enclave runner), chromium (browser tests),
-# R + IR kernel (workspaces), openssh-server (SSH tests), zstd, debootstrap (enclave base image).
+# R + IR kernel (workspaces), openssh-server (SSH tests), zstd, debootstrap (enclave base image),
+# postgresql (a throwaway database server for the PostgreSQL tests; tests/ops).
 APT_PACKAGES := podman runc chromium r-base-core r-cran-irkernel openssh-server zstd debootstrap busybox-static \
-                uidmap slirp4netns fuse-overlayfs
+                uidmap slirp4netns fuse-overlayfs postgresql
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: demo test bench deps system-deps clean
@@ -58,6 +59,12 @@ test: deps
 
 bench: deps
 	$(PY) -m bench
+
+# ruff, configured in pyproject.toml (also run by .pre-commit-config.yaml): lint, then formatting
+.PHONY: lint
+lint: $(STAMPS)/venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) $(STAMPS) node_modules state

@@ -170,7 +170,8 @@ else:
         public_url=env("KINETIC_PUBLIC_HUB_URL"), reviewers=env("KINETIC_REVIEWER_UUIDS").split(","),
         smtp_host=env("KINETIC_SMTP_HOST"), smtp_port=int(env("KINETIC_SMTP_PORT", "587")),
         enclave_key_file=env("KINETIC_ENCLAVE_KEY_FILE"), runner="ec2",
-        db_url=env("KINETIC_ENCLAVE_DB_URL"))
+        db_url=env("KINETIC_ENCLAVE_DB_URL"),
+        port=int(env("KINETIC_ENCLAVE_PORT", "10101")))  # (ops) the aws profile honours it too
 
 # Managed services end with the hub, however it ends (SIGKILL included): a restarted hub then
 # starts exactly one of each instead of tripping over orphans (hub_config/die_with_hub.py).

@@ -104,3 +104,97 @@ def running_standin(state_dir: Path, seed_file: Path | None = None):
         yield Standin(url, state_dir, proc)
     finally:
         stop_process(proc)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server programs (``/usr/lib/postgresql/<version>/bin``), newest first."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    return found[-1].parent if found else None
+
+
+class Postgres:
+    """A throwaway PostgreSQL server on 127.0.0.1:``port``. ``database(name)`` makes a fresh
+    database (and a login role of the same name) and returns its SQLAlchemy URL: one for the hub,
+    another for the enclave, each test its own."""
+
+    def __init__(self, port: int, superuser: str, password: str, data_dir: Path):
+        self.port = port
+        self.superuser = superuser
+        self.password = password
+        self.data_dir = data_dir
+        self._made: set[str] = set()
+
+    def connect(self, dbname: str = "postgres", user: str | None = None, password: str | None = None):
+        import psycopg  # the test extra; imported here so support.py loads without it
+
+        return psycopg.connect(host="127.0.0.1", port=self.port, dbname=dbname, autocommit=True,
+                               user=user or self.superuser, password=password or self.password)
+
+    def database(self, name: str, password: str | None = None, driver: str = "psycopg") -> str:
+        """Create database ``name`` owned by a new role ``name`` (password: ``password`` or a
+        random one); returns ``postgresql+<driver>://name:password@127.0.0.1:port/name``."""
+        import secrets as _secrets
+
+        from psycopg import sql
+
+        if name in self._made:
+            raise ValueError(f"database {name!r} exists already: take another name per use")
+        password = password or _secrets.token_hex(12)
+        with self.connect() as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(password)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(name)))
+        self._made.add(name)
+        return f"postgresql+{driver}://{name}:{password}@127.0.0.1:{self.port}/{name}"
+
+    def query(self, dbname: str, statement: str, *args) -> list[tuple]:
+        with self.connect(dbname) as conn:
+            return conn.execute(statement, args or None).fetchall()
+
+
+@contextmanager
+def running_postgres(version_bin: Path | None = None):
+    """Start a PostgreSQL server from Debian's packages in a temporary data directory on a free
+    port (password auth over TCP, as a real database server), yield a ``Postgres``; remove it all
+    afterwards. As root, ``initdb`` and the server run as the ``postgres`` user (initdb refuses
+    root), so the data directory lives outside pytest's 0700 temporary tree."""
+    import secrets as _secrets
+    import shutil
+    import tempfile
+
+    bindir = version_bin or postgres_bin()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL server programs not found: apt-get install postgresql")
+    base = Path(tempfile.mkdtemp(prefix="kinetic-pg-"))
+    data = base / "data"
+    password = _secrets.token_hex(16)
+    as_root = os.geteuid() == 0
+    run_as = ["runuser", "-u", "postgres", "--"] if as_root else []
+    (base / "pwfile").write_text(password + "\n")
+    if as_root:
+        shutil.chown(base, "postgres", "postgres")
+        shutil.chown(base / "pwfile", "postgres", "postgres")
+    os.chmod(base / "pwfile", 0o600)
+    port = free_port()
+    log = base / "server.log"
+    try:
+        subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "kinetic",
+                        "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={base / 'pwfile'}",
+                        "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+                       check=True, capture_output=True, text=True, timeout=60)
+        options = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off")
+        started = subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
+                                  str(log), "-w", "-t", "30", "start"], capture_output=True, text=True,
+                                 timeout=60)
+        if started.returncode != 0:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start: {started.stdout}{started.stderr}\n{tail}")
+        yield Postgres(port, "kinetic", password, data)
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
+                            "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
