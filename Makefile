@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 # R + IR kernel (workspaces), openssh-server (SSH tests), zstd, debootstrap (enclave base image),
 # postgresql (a throwaway database server for the PostgreSQL tests; tests/ops).
 APT_PACKAGES := podman runc chromium r-base-core r-cran-irkernel openssh-server zstd debootstrap busybox-static \
-                uidmap slirp4netns fuse-overlayfs postgresql
+                uidmap slirp4netns fuse-overlayfs caddy postgresql
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: demo test bench deps system-deps clean

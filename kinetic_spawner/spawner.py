@@ -71,8 +71,8 @@ class WorkspaceSpawner(Spawner):
     _active: ClassVar[dict[str, "WorkspaceSpawner"]] = {}
 
     # -- configuration ------------------------------------------------------------------------------
-    backend = CaselessStrEnum(
-        ["container", "process", "aws"], default_value="container", config=True,
+    backend = Unicode(
+        "container", config=True,
         help="""Where workspaces run.
 
         ``container`` (default): one podman container of the workspace image per analysis, uid
@@ -81,8 +81,19 @@ class WorkspaceSpawner(Spawner):
         user, which can read everything the hub can (``c.ProcessBackend.*``). ``aws``: an EC2
         instance per analysis with its home on EFS (not implemented yet: starting raises a clear
         error). A workspace started by one backend is always stopped by that backend, whatever this
-        says after a restart (the backend is part of the saved state).
+        says after a restart (the backend is part of the saved state). A deployment can add its
+        own backend by name to ``kinetic_spawner.backends.BACKENDS`` (``"module:Class"``).
         """)
+
+    @validate("backend")
+    def _check_backend(self, proposal):
+        kind = proposal["value"].strip().lower()
+        from .backends import BACKENDS
+
+        if kind not in BACKENDS and kind != "aws":
+            raise ValueError(f"WorkspaceSpawner.backend must be one of {sorted([*BACKENDS, 'aws'])}, "
+                             f"not {proposal['value']!r}")
+        return kind
 
     kinetic_url = Unicode(
         config=True,
@@ -236,7 +247,9 @@ class WorkspaceSpawner(Spawner):
         except BackendError as e:
             self.log.error("[%s] start failed: %s", self._who, e)
             await self._cleanup_failed_start()
-            error = web.HTTPError(500, f"The workspace for analysis {aid} could not start: {e}")
+            words = f"The workspace for analysis {aid} could not start: {e}"
+            error = web.HTTPError(500, words)
+            error.jupyterhub_message = words  # what JupyterHub's progress page shows, as is
             self._fail(error)
             raise error from None
         except BaseException as e:
