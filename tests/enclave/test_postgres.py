@@ -1,4 +1,4 @@
-"""The enclave on PostgreSQL, for real: a throwaway PostgreSQL server (tests/enclave/pg.py), the schema
+"""The enclave on PostgreSQL, for real: a throwaway PostgreSQL server (tests/support.py running_postgres), the schema
 built by Alembic from its first revision (and a database of the first schema, with its runs,
 upgraded and taken back down), and the service itself run on it by the hub — submit → checks →
 isolated run → two approvals → released — with its metrics read from that database."""
@@ -14,7 +14,7 @@ from enclave_service.db import Database, Release, Run, RunRecord, upgrade
 from enclave_service.states import State
 from tests.support import free_port
 
-from .pg import postgres  # noqa: F401  (the session's PostgreSQL server)
+from ..ops.conftest import postgres  # noqa: F401  (the session's PostgreSQL server)
 from .service_fixtures import *  # noqa: F401,F403
 from .service_fixtures import (GOOD_MAIN, EnclaveHub, approve_twice, make_home, metric_samples, metric_value,
                                wait_for_state)
@@ -31,7 +31,7 @@ RUN_0001 = {"id": "r1", "analysis_id": "101", "analysis_title": "T", "author": "
 def empty_db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'enclave.sqlite'}"
-    return request.getfixturevalue("postgres").create_database("migrations")
+    return request.getfixturevalue("postgres").database("migrations")
 
 
 def test_the_schema_is_built_from_the_first_revision_and_old_runs_survive_upgrades(empty_db_url):
@@ -81,7 +81,7 @@ def pg_enclave_hub(standin, r_base_image, postgres, tmp_path_factory):
     base = tmp_path_factory.mktemp("enclave-hub-pg")
     smtp_port = free_port()
     sink = MailSink(base / "mail", port=smtp_port).start()
-    hub = EnclaveHub(standin, base, base / "mail", smtp_port, db_url=postgres.create_database("enclave"))
+    hub = EnclaveHub(standin, base, base / "mail", smtp_port, db_url=postgres.database("enclave"))
     try:
         hub.start()
         yield hub
