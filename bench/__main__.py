@@ -1,5 +1,6 @@
 """`make bench` runs every benchmark in turn; `python -m bench NAME [ARGS...]` runs one (several
 names may follow each other, each with its own arguments: `python -m bench open_many 4 image`)."""
+
 import importlib
 import sys
 
@@ -10,7 +11,7 @@ def main(argv):
     runs = []  # (module name, its arguments)
     for arg in argv:
         if runs and not arg.isidentifier():
-            runs[-1][1].append(arg)     # an argument of the bench named before it (open_many 30)
+            runs[-1][1].append(arg)  # an argument of the bench named before it (open_many 30)
         else:
             runs.append((f"bench.{arg}", []))
     for name, args in runs or [(n, []) for n in BENCHES]:

@@ -12,6 +12,7 @@
 
 BENCH_RUNS (5) cached calls are timed; the median is reported.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,20 +31,24 @@ def main() -> None:
     from enclave_service.images import ensure_base_image
     from kinetic_spawner.image import builder
 
-    asyncio.run(ensure_base_image())              # kept: not part of the cold build
+    asyncio.run(ensure_base_image())  # kept: not part of the cold build
     tag = builder.workspace_image_tag()
-    asyncio.run(builder.ensure_workspace_image())   # the real one, for the cached timings
+    asyncio.run(builder.ensure_workspace_image())  # the real one, for the cached timings
     bench_tag = f"{BENCH_REPO}:{tag.split(':')[1]}"
     subprocess.run(["podman", "rmi", "--ignore", bench_tag], capture_output=True, check=False)
     with tempfile.TemporaryDirectory(prefix="bench-image-") as cache:
         saved = os.environ.get("KINETIC_CACHE_DIR")
-        os.environ["KINETIC_CACHE_DIR"] = cache    # an empty wheelhouse
+        os.environ["KINETIC_CACHE_DIR"] = cache  # an empty wheelhouse
         steps = []
         t0 = time.monotonic()
         try:
-            built = asyncio.run(builder.ensure_workspace_image(
-                on_progress=lambda m: steps.append((time.monotonic() - t0, m)), layer_cache=False,
-                repo=BENCH_REPO))
+            built = asyncio.run(
+                builder.ensure_workspace_image(
+                    on_progress=lambda m: steps.append((time.monotonic() - t0, m)),
+                    layer_cache=False,
+                    repo=BENCH_REPO,
+                )
+            )
         finally:
             if saved is None:
                 os.environ.pop("KINETIC_CACHE_DIR", None)

@@ -15,6 +15,7 @@ stopped (bounded) and anything of this bench's hub still in podman is removed.
 
 Targets (issue 6): N/N open; hub API p99 while they start <= 250 ms.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,11 +54,24 @@ def seed(n: int) -> dict:
     people, analyses = [], []
     for i in range(n):
         who = str(uuid.UUID(int=0x6F1C2A8E_0B1D_4C3E_9A55_BE0C00000000 + i))
-        people.append({"uuid": who, "first_name": f"Bench{i}", "last_name": "Researcher",
-                       "role": "researcher", "email": f"bench{i}@example.org"})
-        analyses.append({"id": FIRST_ANALYSIS + i, "title": f"Bench analysis {i}",
-                         "description": "Opened at the same moment as the others.",
-                         "researchers": [who], "study_ids": [11]})
+        people.append(
+            {
+                "uuid": who,
+                "first_name": f"Bench{i}",
+                "last_name": "Researcher",
+                "role": "researcher",
+                "email": f"bench{i}@example.org",
+            }
+        )
+        analyses.append(
+            {
+                "id": FIRST_ANALYSIS + i,
+                "title": f"Bench analysis {i}",
+                "description": "Opened at the same moment as the others.",
+                "researchers": [who],
+                "study_ids": [11],
+            }
+        )
     return {"researchers": base["researchers"] + people, "analyses": base["analyses"] + analyses}
 
 
@@ -103,7 +117,7 @@ def _stat(pid) -> tuple[str, list[str]] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return raw[raw.find("(") + 1:raw.rfind(")")], raw[raw.rfind(")") + 2:].split()
+    return raw[raw.find("(") + 1 : raw.rfind(")")], raw[raw.rfind(")") + 2 :].split()
 
 
 def _cmdline(pid) -> str:
@@ -142,7 +156,10 @@ class CpuWatch(threading.Thread):
         for pid, st in procs.items():
             key = (pid, st[19])  # pid + start time
             if pid == self.hub_pid:
-                groups = {("hub", self._cpu(st[11:13])), ("podman CLI (hub's children)", self._cpu(st[13:15]))}
+                groups = {
+                    ("hub", self._cpu(st[11:13])),
+                    ("podman CLI (hub's children)", self._cpu(st[13:15])),
+                }
             elif st[1] == str(self.hub_pid) and comms[pid] == "node":
                 groups = {("proxy", self._cpu(st[11:15]))}
             else:
@@ -153,8 +170,9 @@ class CpuWatch(threading.Thread):
                     groups = {("other:containers of other hubs/tests", self._cpu(st[11:13]))}
                 elif p in ours_conmon:
                     # own time only, plus the reaped time of conmon (a container's init ends up there)
-                    groups = {("workspace containers",
-                               self._cpu(st[11:15] if pid in ours_conmon else st[11:13]))}
+                    groups = {
+                        ("workspace containers", self._cpu(st[11:15] if pid in ours_conmon else st[11:13]))
+                    }
                 else:
                     comm = "kworker" if comms[pid].startswith("kworker") else comms[pid]
                     groups = {(f"other:{comm}", self._cpu(st[11:13]))}
@@ -186,8 +204,14 @@ def browser_like(s: requests.Session) -> requests.Session:
     """A browser sends a GET again when a kept-alive connection turns out closed as it sends
     (the proxy closes connections idle for 5 s: configurable-http-proxy's keepAliveTimeout);
     requests does not, so these sessions signed in before the idle phase would fail at random."""
-    s.mount("http://", HTTPAdapter(max_retries=Retry(total=2, connect=2, read=1, status=0,
-                                                     allowed_methods=["GET"], raise_on_status=False)))
+    s.mount(
+        "http://",
+        HTTPAdapter(
+            max_retries=Retry(
+                total=2, connect=2, read=1, status=0, allowed_methods=["GET"], raise_on_status=False
+            )
+        ),
+    )
     return s
 
 
@@ -251,8 +275,10 @@ def main(argv=()):
         hub_dir = tmp / "hub"
         env = {"KINETIC_WORKSPACE_MEMORY": MEMORY}
         try:
-            with running_standin(tmp / "standin", seed_file) as standin, \
-                    running_hub(hub_dir, standin, env_overrides=env) as hub:
+            with (
+                running_standin(tmp / "standin", seed_file) as standin,
+                running_hub(hub_dir, standin, env_overrides=env) as hub,
+            ):
                 sessions = {a["id"]: browser_like(hub.browser_session(a["researchers"][0])) for a in people}
                 sampler = Sampler(f"{hub.url}/hub/api/", hub.token)
                 cpu = CpuWatch(hub.proc.pid, hub.instance)
@@ -262,8 +288,10 @@ def main(argv=()):
                 idle_end, wall_go = time.monotonic(), time.time()
                 go = threading.Barrier(n + 1)
                 results: dict[int, tuple] = {}
-                threads = [threading.Thread(target=open_one, args=(hub, sessions[a], a, go, results))
-                           for a in sessions]
+                threads = [
+                    threading.Thread(target=open_one, args=(hub, sessions[a], a, go, results))
+                    for a in sessions
+                ]
                 for t in threads:
                     t.start()
                 busy0 = machine_busy()
@@ -290,48 +318,74 @@ def main(argv=()):
     idle = sampler.between(0, idle_end)
     loaded = sampler.between(t_go, t_end)
     wall = t_end - t_go
-    print(f"open_many: {n} analyses opened at the same moment, {n} researchers "
-          f"(KINETIC_WORKSPACE_MEMORY={MEMORY} per workspace)")
+    print(
+        f"open_many: {n} analyses opened at the same moment, {n} researchers "
+        f"(KINETIC_WORKSPACE_MEMORY={MEMORY} per workspace)"
+    )
     print(f"opens that succeeded: {len(ok)}/{n}   (target {n}/{n})")
     if ok:
         times = sorted(r[1] for r in ok)
-        print(f"time to the last workspace answering: {times[-1]:.1f} s  "
-              f"(first {times[0]:.1f} s, median {statistics.median(times):.1f} s)")
+        print(
+            f"time to the last workspace answering: {times[-1]:.1f} s  "
+            f"(first {times[0]:.1f} s, median {statistics.median(times):.1f} s)"
+        )
     for aid, (good, took, why) in sorted(results.items()):
         if not good:
             print(f"  analysis {aid} failed after {took:.1f} s: {why}")
     for label, xs in (("idle", idle), ("loaded", loaded)):
         if xs:
-            print(f"hub API GET /hub/api/ {label:6s}: p50 {statistics.median(xs) * 1000:.0f} ms, "
-                  f"p99 {percentile(xs, 99) * 1000:.0f} ms, max {max(xs) * 1000:.0f} ms ({len(xs)} samples)")
+            print(
+                f"hub API GET /hub/api/ {label:6s}: p50 {statistics.median(xs) * 1000:.0f} ms, "
+                f"p99 {percentile(xs, 99) * 1000:.0f} ms, max {max(xs) * 1000:.0f} ms ({len(xs)} samples)"
+            )
     if loaded:
         p99 = percentile(loaded, 99) * 1000
-        print(f"hub API p99 while they start: {p99:.0f} ms (target <= 250 ms: {'met' if p99 <= 250 else 'MISSED'})"
-              + (f"; {sampler.errors} requests failed" if sampler.errors else ""))
+        print(
+            f"hub API p99 while they start: {p99:.0f} ms (target <= 250 ms: {'met' if p99 <= 250 else 'MISSED'})"
+            + (f"; {sampler.errors} requests failed" if sampler.errors else "")
+        )
     # the hub's own view of the same GET /hub/api/ (from reading the request to the answer) and
     # what else it served while they started
-    served = {label: [ms for kind, who, ms in hub_requests(hub_log, a, b)
-                      if kind == "GET /hub/api/" and who == "test-operator"]
-              for label, a, b in (("idle", wall_idle, wall_go), ("loaded", wall_go, wall_end))}
-    print("  the hub's own time for them: " + "; ".join(
-        f"{label} p50 {statistics.median(ms):.0f} ms, p99 {percentile(ms, 99):.0f} ms"
-        for label, ms in served.items() if ms))
+    served = {
+        label: [
+            ms
+            for kind, who, ms in hub_requests(hub_log, a, b)
+            if kind == "GET /hub/api/" and who == "test-operator"
+        ]
+        for label, a, b in (("idle", wall_idle, wall_go), ("loaded", wall_go, wall_end))
+    }
+    print(
+        "  the hub's own time for them: "
+        + "; ".join(
+            f"{label} p50 {statistics.median(ms):.0f} ms, p99 {percentile(ms, 99):.0f} ms"
+            for label, ms in served.items()
+            if ms
+        )
+    )
     mix: dict[str, list[float]] = {}
-    for kind, who, ms in hub_requests(hub_log, wall_go, wall_end):
+    for kind, _who, ms in hub_requests(hub_log, wall_go, wall_end):
         mix.setdefault(kind, []).append(ms)
-    print(f"  requests the hub served while they started ({sum(map(len, mix.values()))}): " + ", ".join(
-        f"{k} x{len(v)} (p50 {statistics.median(v):.0f} ms)"
-        for k, v in sorted(mix.items(), key=lambda kv: -len(kv[1]))[:6]))
+    print(
+        f"  requests the hub served while they started ({sum(map(len, mix.values()))}): "
+        + ", ".join(
+            f"{k} x{len(v)} (p50 {statistics.median(v):.0f} ms)"
+            for k, v in sorted(mix.items(), key=lambda kv: -len(kv[1]))[:6]
+        )
+    )
     used = busy1[0] - busy0[0]
     totals = cpu.totals()
     shares = {k: v for k, v in totals.items() if not k.startswith("other:")}
     others = sorted(((k[6:], v) for k, v in totals.items() if k.startswith("other:")), key=lambda kv: -kv[1])
-    print(f"CPU while they started ({wall:.0f} s x {os.cpu_count()} cores): machine busy {used:.0f} s "
-          f"({used / wall / os.cpu_count():.0%}); " +
-          ", ".join(f"{k} {v:.1f} s" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])) +
-          f"; everything else {max(0.0, used - sum(shares.values())):.0f} s (this machine's other users, "
-          f"short-lived processes; top: {', '.join(f'{k} {v:.1f} s' for k, v in others[:5])})")
-    print(f"stopped every workspace in {stopped_in:.1f} s ({len(left)} users still active after the bounded wait)")
+    print(
+        f"CPU while they started ({wall:.0f} s x {os.cpu_count()} cores): machine busy {used:.0f} s "
+        f"({used / wall / os.cpu_count():.0%}); "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
+        + f"; everything else {max(0.0, used - sum(shares.values())):.0f} s (this machine's other users, "
+        f"short-lived processes; top: {', '.join(f'{k} {v:.1f} s' for k, v in others[:5])})"
+    )
+    print(
+        f"stopped every workspace in {stopped_in:.1f} s ({len(left)} users still active after the bounded wait)"
+    )
     if len(ok) < n:
         print("hub log (tail):\n" + "\n".join(hub_log.splitlines()[-30:]))
 

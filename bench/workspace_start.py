@@ -13,6 +13,7 @@ The workspace image is built (or found) before anything is timed: its cost is `b
 
 BENCH_RUNS (3) runs per backend; medians and their ratio are printed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,7 @@ BACKENDS = ("container", "process")
 
 def click_to_workspace(hub) -> float:
     started = time.monotonic()
-    s = hub.browser_session(ADA)                   # sign in at Kinetic and at the hub
+    s = hub.browser_session(ADA)  # sign in at Kinetic and at the hub
     page = hub.open_analysis(s, 102, timeout=300)  # open the analysis, wait for the workspace
     assert page.status_code == 200 and "RStudio" in page.text, (page.status_code, page.text[:300])
     took = time.monotonic() - started
@@ -51,11 +52,15 @@ def main():
         tmp = Path(tmp)
         (tmp / "standin").mkdir()
         try:
-            with running_standin(tmp / "standin") as standin, \
-                    running_hub(tmp / "hub-container", standin,
-                                env_overrides={"KINETIC_WORKSPACE_BACKEND": "container"}) as container_hub, \
-                    running_hub(tmp / "hub-process", standin,
-                                env_overrides={"KINETIC_WORKSPACE_BACKEND": "process"}) as process_hub:
+            with (
+                running_standin(tmp / "standin") as standin,
+                running_hub(
+                    tmp / "hub-container", standin, env_overrides={"KINETIC_WORKSPACE_BACKEND": "container"}
+                ) as container_hub,
+                running_hub(
+                    tmp / "hub-process", standin, env_overrides={"KINETIC_WORKSPACE_BACKEND": "process"}
+                ) as process_hub,
+            ):
                 hubs = {"container": container_hub, "process": process_hub}
                 for _ in range(RUNS):
                     for backend in BACKENDS:
@@ -65,8 +70,10 @@ def main():
             remove_containers(container_instance(tmp / "hub-container"))
     c, p = (statistics.median(times[b]) for b in BACKENDS)
     for b in BACKENDS:
-        print(f"sign-in -> workspace, {b + ' backend:':19s} {', '.join(f'{x:.2f}' for x in times[b])} s"
-              f"  (first run provisions the analysis home)")
+        print(
+            f"sign-in -> workspace, {b + ' backend:':19s} {', '.join(f'{x:.2f}' for x in times[b])} s"
+            f"  (first run provisions the analysis home)"
+        )
     print(f"median {c:.2f} s (container) vs {p:.2f} s (process, same hub code): ratio {c / p:.2f}x")
 
 

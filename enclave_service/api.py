@@ -15,6 +15,7 @@ change) and render; refusals come back from there as an HTTP status and words.
     GET  api/runs/<id>/download        the release zip (released runs; researchers on the analysis)
     GET  metrics                       Prometheus metrics (a hub token with ``read:metrics``)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,6 +43,7 @@ class RunsHandler(BaseHandler):
                 return mine, [], set()
             reviewed = {r.run_id for r in session.query(Review).filter(Review.reviewer == caller.name)}
             return mine, review_queue(session, caller.name), reviewed
+
         mine, queue, reviewed = await self.db.run(q)
         body = {"runs": [run_summary(r) for r in mine]}
         if caller.reviewer:
@@ -61,7 +63,7 @@ class RunsHandler(BaseHandler):
             files = self.request.files.get("archive") or []
             if files:
                 archive = files[0]["body"]
-        else:   # raw body = the archive; fields in the query
+        else:  # raw body = the archive; fields in the query
             analysis_id = self.get_query_argument("analysis_id", "")
             message = self.get_query_argument("message", "")
             archive = self.request.body or None
@@ -74,16 +76,18 @@ class RunHandler(BaseHandler):
     async def get(self, run_id):
         caller = await self.require_caller()
         run, events, reviews, role = await self.access(run_id, caller)
-        self.finish(run_detail(run, events, reviews, role, caller,
-                               self.service.config.show_run_logs_to_researchers))
+        self.finish(
+            run_detail(run, events, reviews, role, caller, self.service.config.show_run_logs_to_researchers)
+        )
 
 
 class ReviewHandler(BaseHandler):
     async def post(self, run_id):
         caller = await self.require_caller()
         body = self.json_body()
-        state = await self.runs.review(run_id, caller.name, caller.reviewer, str(body.get("decision", "")),
-                                       str(body.get("comment", "")))
+        state = await self.runs.review(
+            run_id, caller.name, caller.reviewer, str(body.get("decision", "")), str(body.get("comment", ""))
+        )
         self.finish({"id": run_id, "state": state.value, "state_message": state.message})
 
 
@@ -112,11 +116,12 @@ class DownloadHandler(BaseHandler):
             rel = session.get(Release, run_id)
             if rel is None:
                 return None
-            if release_missing(rel.path):    # deleted by the retention janitor (stat on the db thread)
+            if release_missing(rel.path):  # deleted by the retention janitor (stat on the db thread)
                 return "gone"
             session.add(dbm.Download(run_id=run_id, user=caller.name, ip=ip))
             dbm.add_event(session, run_id, "download", "The release was downloaded.", actor=caller.name)
             return rel.path, rel.sha256, rel.bytes
+
         rel = await self.db.run(tx)
         if rel is None:
             raise web.HTTPError(409, "this run has no release file")
@@ -127,9 +132,12 @@ class DownloadHandler(BaseHandler):
             f = None
         if f is None:
             days = days_words(self.pipeline.release_retention_days)
-            raise web.HTTPError(410, f"the released outputs of this run were deleted after {days} "
-                                "(retention); they can no longer be downloaded. The run's record and "
-                                "its manifest are kept; submit the analysis again to get new outputs")
+            raise web.HTTPError(
+                410,
+                f"the released outputs of this run were deleted after {days} "
+                "(retention); they can no longer be downloaded. The run's record and "
+                "its manifest are kept; submit the analysis again to get new outputs",
+            )
         self.set_header("Content-Type", "application/zip")
         self.set_header("Content-Disposition", f'attachment; filename="enclave-run-{run_id}.zip"')
         self.set_header("Content-Length", str(size))
@@ -155,6 +163,7 @@ class MetricsHandler(BaseHandler):
         if not model or METRICS_SCOPE not in (model.get("scopes") or []):
             raise web.HTTPError(403, f"the enclave's metrics need a hub token with the {METRICS_SCOPE} scope")
         from prometheus_client import CONTENT_TYPE_LATEST
+
         body = await self.pipeline.metrics.render(self.db)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(body)

@@ -24,6 +24,7 @@ Symlinks are refused, in-tree ones too: a symlink is either an escape (``data ->
 makes the archive depend on how it is read; a researcher can replace it by a copy. Devices, fifos and
 sockets are refused. Hard links are stored as ordinary files.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,10 +46,19 @@ ROOT = "archive"
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z; 0 makes some tools warn about "implausibly old" times
 ZSTD_LEVEL = 6
 DEFAULT_EXCLUDE: tuple[str, ...] = (
-    "**/.git/", "**/.cache/", "**/*.log",
-    ".local/share/rstudio/", "**/.Rproj.user/", ".local/share/jupyter/", "**/.ipynb_checkpoints/",
-    ".local/share/renv/", "**/renv/library/", "**/renv/staging/",
-    ".Renviron", ".Rhistory", "**/.Rhistory",
+    "**/.git/",
+    "**/.cache/",
+    "**/*.log",
+    ".local/share/rstudio/",
+    "**/.Rproj.user/",
+    ".local/share/jupyter/",
+    "**/.ipynb_checkpoints/",
+    ".local/share/renv/",
+    "**/renv/library/",
+    "**/renv/staging/",
+    ".Renviron",
+    ".Rhistory",
+    "**/.Rhistory",
 )
 CHUNK = 1 << 20
 
@@ -69,6 +79,9 @@ class ArchiveLimits:
     max_header_bytes: int = 64 * 2**10
     # zstd frames may ask for a window of up to 2 GiB of memory; ours use far less
     max_window_bytes: int = 2**27
+
+
+DEFAULT_LIMITS = ArchiveLimits()  # the defaults, shared read-only by callers that pass none
 
 
 @dataclass
@@ -95,7 +108,7 @@ def _excluded(rel: str, is_dir: bool, patterns: tuple[str, ...]) -> bool:
         pat = pat.rstrip("/")
         if pat.startswith("**/"):
             tail, parts = pat[3:], rel.split("/")
-            if fnmatch.fnmatchcase("/".join(parts[-(tail.count("/") + 1):]), tail):
+            if fnmatch.fnmatchcase("/".join(parts[-(tail.count("/") + 1) :]), tail):
                 return True
         elif fnmatch.fnmatchcase(rel, pat):
             return True
@@ -120,20 +133,25 @@ def _walk(src: Path, exclude: tuple[str, ...], limits: ArchiveLimits) -> list[tu
             if _excluded(rel, stat.S_ISDIR(mode), exclude):
                 continue
             if stat.S_ISLNK(mode):
-                raise ArchiveError(f"{rel} is a symbolic link (to {os.readlink(directory / name)}); links are "
-                                   "not allowed in a submission — replace it by a copy of the file or remove it")
+                raise ArchiveError(
+                    f"{rel} is a symbolic link (to {os.readlink(directory / name)}); links are "
+                    "not allowed in a submission — replace it by a copy of the file or remove it"
+                )
             if stat.S_ISDIR(mode):
                 out.append((rel, st))
                 visit(directory / name, rel + "/")
             elif stat.S_ISREG(mode):
                 if st.st_size > limits.max_file_bytes:
-                    raise ArchiveError(f"{rel} is {st.st_size} bytes; a file may be at most "
-                                       f"{limits.max_file_bytes} bytes")
+                    raise ArchiveError(
+                        f"{rel} is {st.st_size} bytes; a file may be at most {limits.max_file_bytes} bytes"
+                    )
                 files, total = files + 1, total + st.st_size
                 if files > limits.max_files:
                     raise ArchiveError(f"too many files (more than {limits.max_files}) at {rel}")
                 if total > limits.max_total_bytes:
-                    raise ArchiveError(f"the analysis is larger than {limits.max_total_bytes} bytes (at {rel})")
+                    raise ArchiveError(
+                        f"the analysis is larger than {limits.max_total_bytes} bytes (at {rel})"
+                    )
                 out.append((rel, st))
             else:
                 kind = "a fifo" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
@@ -223,8 +241,13 @@ def _create_once(src: Path, dest: Path, limits: ArchiveLimits, exclude: tuple[st
     return ArchiveInfo(path=dest, sha256=hw.h.hexdigest(), bytes=hw.n, files=files, total_bytes=total)
 
 
-def create_archive_sync(src_dir, dest_path, limits: ArchiveLimits = ArchiveLimits(),
-                        exclude: tuple[str, ...] = DEFAULT_EXCLUDE, retry_delay: float = 1.0) -> ArchiveInfo:
+def create_archive_sync(
+    src_dir,
+    dest_path,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
+    retry_delay: float = 1.0,
+) -> ArchiveInfo:
     """Blocking body of :func:`create_archive` (for threads and scripts)."""
     src, dest = Path(src_dir), Path(dest_path)
     if not src.is_dir():
@@ -234,14 +257,22 @@ def create_archive_sync(src_dir, dest_path, limits: ArchiveLimits = ArchiveLimit
             return _create_once(src, dest, limits, exclude)
         except _FileChanged as e:
             if attempt == 2:
-                raise ArchiveError(f"{e.args[0]} kept changing while the analysis was archived; wait until it "
-                                   "is no longer being written (save and close it), then submit again") from None
+                raise ArchiveError(
+                    f"{e.args[0]} kept changing while the analysis was archived; wait until it "
+                    "is no longer being written (save and close it), then submit again"
+                ) from None
             time.sleep(retry_delay)
     raise AssertionError("unreachable")
 
 
-async def create_archive(src_dir, dest_path, limits: ArchiveLimits = ArchiveLimits(), *,
-                         exclude: tuple[str, ...] = DEFAULT_EXCLUDE, retry_delay: float = 1.0) -> ArchiveInfo:
+async def create_archive(
+    src_dir,
+    dest_path,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
+    *,
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
+    retry_delay: float = 1.0,
+) -> ArchiveInfo:
     """Archive ``src_dir`` into ``dest_path`` (written atomically). Runs in a worker thread.
 
     Raises ArchiveError (readable) for links, special files, exceeded limits or a file that changed
@@ -250,6 +281,7 @@ async def create_archive(src_dir, dest_path, limits: ArchiveLimits = ArchiveLimi
 
 
 # ----------------------------------------------------------------------------------------------- extract
+
 
 class _BoundedReader:
     """Decompressed stream that refuses to yield more than ``cap`` bytes (zstd/tar bomb guard)."""
@@ -266,21 +298,28 @@ class _BoundedReader:
         return b
 
 
-_HEADER_TYPES = {tarfile.XHDTYPE: "a pax extended header", tarfile.XGLTYPE: "a pax global header",
-                 tarfile.SOLARIS_XHDTYPE: "a pax extended header", tarfile.GNUTYPE_LONGNAME: "a GNU long name",
-                 tarfile.GNUTYPE_LONGLINK: "a GNU long link name"}
+_HEADER_TYPES = {
+    tarfile.XHDTYPE: "a pax extended header",
+    tarfile.XGLTYPE: "a pax global header",
+    tarfile.SOLARIS_XHDTYPE: "a pax extended header",
+    tarfile.GNUTYPE_LONGNAME: "a GNU long name",
+    tarfile.GNUTYPE_LONGLINK: "a GNU long link name",
+}
 
 
 def _bounded_tarinfo(max_header: int) -> type:
     """A TarInfo whose header extensions are refused, by their announced size, before tarfile
     reads them into memory."""
+
     class BoundedTarInfo(tarfile.TarInfo):
         def _proc_member(self, tarfile_):
             what = _HEADER_TYPES.get(self.type)
             if what and self.size > max_header:
-                raise ArchiveError(f"refused: the archive has {what} of {self.size} bytes "
-                                   f"(at most {max_header} are read)")
+                raise ArchiveError(
+                    f"refused: the archive has {what} of {self.size} bytes (at most {max_header} are read)"
+                )
             return super()._proc_member(tarfile_)
+
     return BoundedTarInfo
 
 
@@ -317,7 +356,9 @@ def _check_name(name: str) -> str | None:
     return "/".join(parts[1:]) or None
 
 
-def _validate(archive: Path, limits: ArchiveLimits) -> tuple[list[tuple[str, tarfile.TarInfo]], str, int, int]:
+def _validate(
+    archive: Path, limits: ArchiveLimits
+) -> tuple[list[tuple[str, tarfile.TarInfo]], str, int, int]:
     """First pass: read the whole archive without writing anything; return the plan."""
     plan: list[tuple[str, tarfile.TarInfo]] = []
     files, dirs, implied = set(), set(), set()
@@ -335,11 +376,19 @@ def _validate(archive: Path, limits: ArchiveLimits) -> tuple[list[tuple[str, tar
     raise AssertionError("unreachable")
 
 
-def _validate_member(m: tarfile.TarInfo, rel: str | None, files: set, dirs: set, implied: set,
-                     limits: ArchiveLimits) -> None:
+def _validate_member(
+    m: tarfile.TarInfo, rel: str | None, files: set, dirs: set, implied: set, limits: ArchiveLimits
+) -> None:
     if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
-        kind = ("a symbolic link" if m.issym() else "a hard link" if m.islnk()
-                else "a device or fifo" if (m.isdev()) else f"of type {m.type!r}")
+        kind = (
+            "a symbolic link"
+            if m.issym()
+            else "a hard link"
+            if m.islnk()
+            else "a device or fifo"
+            if (m.isdev())
+            else f"of type {m.type!r}"
+        )
         raise ArchiveError(f"refused: {m.name!r} is {kind}; only files and folders are allowed")
     if rel is None and not m.isdir():
         raise ArchiveError(f"refused: {m.name!r} must be a folder")
@@ -384,7 +433,7 @@ def _write_member(dest: Path, rel: str, m: tarfile.TarInfo, tf: tarfile.TarFile)
             left -= len(b)
 
 
-def extract_archive_sync(archive_path, dest_dir, limits: ArchiveLimits = ArchiveLimits()) -> ArchiveInfo:
+def extract_archive_sync(archive_path, dest_dir, limits: ArchiveLimits = DEFAULT_LIMITS) -> ArchiveInfo:
     """Blocking body of :func:`extract_archive`."""
     archive, dest = Path(archive_path), Path(dest_dir)
     if not archive.is_file():
@@ -399,8 +448,9 @@ def extract_archive_sync(archive_path, dest_dir, limits: ArchiveLimits = Archive
         with contextlib.closing(_members(archive, limits)) as members:
             for m, rel, tf in members:  # second pass: the same bytes, now written
                 v = wanted.get(rel) if m is not None else None
-                if (m is None and rel != sha) or (m is not None and rel is not None and (
-                        v is None or (v.type, v.size) != (m.type, m.size))):
+                if (m is None and rel != sha) or (
+                    m is not None and rel is not None and (v is None or (v.type, v.size) != (m.type, m.size))
+                ):
                     raise ArchiveError("the archive changed while it was being extracted")
                 if m is None:
                     break
@@ -417,7 +467,7 @@ def extract_archive_sync(archive_path, dest_dir, limits: ArchiveLimits = Archive
     return ArchiveInfo(path=archive, sha256=sha, bytes=nbytes, files=nfiles, total_bytes=total)
 
 
-async def extract_archive(archive_path, dest_dir, limits: ArchiveLimits = ArchiveLimits()) -> ArchiveInfo:
+async def extract_archive(archive_path, dest_dir, limits: ArchiveLimits = DEFAULT_LIMITS) -> ArchiveInfo:
     """Validate every member of ``archive_path`` (names, types, counts, sizes, bomb guard) and only then
     extract it into ``dest_dir`` (absent or empty), stripping ``archive/``. On refusal ``dest_dir`` is
     left as it was (removed if this call created it). Runs in a worker thread."""

@@ -20,6 +20,7 @@ the reviewers what to look at, and the indirection patterns are flagged ``review
 Infrastructure trouble (Rscript missing, crashing, timing out) is reported as a ``fail`` finding with
 rule ``check-error``: the checks fail closed, and the message says it is not the researcher's fault.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,22 @@ R_SUFFIXES = (".r", ".rmd", ".qmd")
 SKIP_DIRS = (".git", ".cache", ".Rproj.user", "node_modules")
 SKIP_PATHS = ("renv/library", "renv/staging", ".local/share/renv", ".local/share/rstudio")
 LOADERS = {"library", "require", "requireNamespace", "loadNamespace", "attachNamespace", "p_load"}
-INDIRECT = {"do.call", "match.fun", "get", "get0", "getFunction", "mget", "Reduce", "Map", "Filter",
-            "lapply", "sapply", "vapply", "mapply", "getExportedValue"}
+INDIRECT = {
+    "do.call",
+    "match.fun",
+    "get",
+    "get0",
+    "getFunction",
+    "mget",
+    "Reduce",
+    "Map",
+    "Filter",
+    "lapply",
+    "sapply",
+    "vapply",
+    "mapply",
+    "getExportedValue",
+}
 URL = re.compile(r"^\s*(https?|ftps?|sftp|ssh|s3|gs|wss?)://", re.I)
 
 
@@ -57,30 +72,91 @@ class CallRule:
 
 
 DEFAULT_CALL_RULES: tuple[CallRule, ...] = (
-    CallRule("network", "fail", "reaches the network, which the enclave does not have",
-             ("download.file", "download.packages", "url", "curlGetHeaders", "nsl", "utils::nsl", "socketConnection",
-              "make.socket", "serverSocket", "socketAccept", "curl::*", "httr::*", "httr2::*", "RCurl::*",
-              "crul::*", "jsonlite::read_json"),
-             ("curl", "httr", "httr2", "RCurl", "crul", "RSelenium", "rvest")),
-    CallRule("shell", "fail", "runs a shell or another process",
-             ("system", "system2", "shell", "shell.exec", "pipe", "processx::*", "sys::*", "callr::*"),
-             ("processx", "sys", "callr")),
-    CallRule("package-install", "fail",
-             "installs packages at run time; list them in renv.lock instead (the image restores it)",
-             ("install.packages", "update.packages", "remotes::install_*", "devtools::install*",
-              "renv::install", "renv::restore", "renv::update", "BiocManager::install", "pak::*"),
-             ("remotes", "devtools", "pak")),
-    CallRule("native-code", "fail", "loads native code, which the checks cannot see into",
-             ("dyn.load", "library.dynam", "Rcpp::sourceCpp", "Rcpp::cppFunction", "Rcpp::evalCpp",
-              "inline::cfunction", "inline::cxxfunction"), ("inline",)),
-    CallRule("native-interface", "review", "calls compiled code directly",
-             (".C", ".Call", ".External", ".Fortran")),
-    CallRule("working-directory", "review", "changes the working directory; paths may leave the project",
-             ("setwd",)),
-    CallRule("environment", "review", "reads environment variables; a run gets none but HOME, LANG, TZ and "
-             "TMPDIR (the real data comes as files, never as a key)", ("Sys.getenv",)),
-    CallRule("dynamic-code", "review", "runs code built from text, which cannot be checked",
-             ("eval", "evalq", "eval.parent", "base::eval", "rlang::eval_tidy", "rlang::parse_expr")),
+    CallRule(
+        "network",
+        "fail",
+        "reaches the network, which the enclave does not have",
+        (
+            "download.file",
+            "download.packages",
+            "url",
+            "curlGetHeaders",
+            "nsl",
+            "utils::nsl",
+            "socketConnection",
+            "make.socket",
+            "serverSocket",
+            "socketAccept",
+            "curl::*",
+            "httr::*",
+            "httr2::*",
+            "RCurl::*",
+            "crul::*",
+            "jsonlite::read_json",
+        ),
+        ("curl", "httr", "httr2", "RCurl", "crul", "RSelenium", "rvest"),
+    ),
+    CallRule(
+        "shell",
+        "fail",
+        "runs a shell or another process",
+        ("system", "system2", "shell", "shell.exec", "pipe", "processx::*", "sys::*", "callr::*"),
+        ("processx", "sys", "callr"),
+    ),
+    CallRule(
+        "package-install",
+        "fail",
+        "installs packages at run time; list them in renv.lock instead (the image restores it)",
+        (
+            "install.packages",
+            "update.packages",
+            "remotes::install_*",
+            "devtools::install*",
+            "renv::install",
+            "renv::restore",
+            "renv::update",
+            "BiocManager::install",
+            "pak::*",
+        ),
+        ("remotes", "devtools", "pak"),
+    ),
+    CallRule(
+        "native-code",
+        "fail",
+        "loads native code, which the checks cannot see into",
+        (
+            "dyn.load",
+            "library.dynam",
+            "Rcpp::sourceCpp",
+            "Rcpp::cppFunction",
+            "Rcpp::evalCpp",
+            "inline::cfunction",
+            "inline::cxxfunction",
+        ),
+        ("inline",),
+    ),
+    CallRule(
+        "native-interface", "review", "calls compiled code directly", (".C", ".Call", ".External", ".Fortran")
+    ),
+    CallRule(
+        "working-directory",
+        "review",
+        "changes the working directory; paths may leave the project",
+        ("setwd",),
+    ),
+    CallRule(
+        "environment",
+        "review",
+        "reads environment variables; a run gets none but HOME, LANG, TZ and "
+        "TMPDIR (the real data comes as files, never as a key)",
+        ("Sys.getenv",),
+    ),
+    CallRule(
+        "dynamic-code",
+        "review",
+        "runs code built from text, which cannot be checked",
+        ("eval", "evalq", "eval.parent", "base::eval", "rlang::eval_tidy", "rlang::parse_expr"),
+    ),
 )
 
 
@@ -95,8 +171,16 @@ class CodeRules:
     outside_severity: str = "review"
     # indirection: a call whose target is computed at run time (get(paste0(...)), match.fun(x),
     # do.call(paste0(...), ...)) cannot be judged statically
-    computed_targets: tuple[str, ...] = ("get", "get0", "mget", "match.fun", "getFunction", "do.call",
-                                         "getExportedValue", "exists")
+    computed_targets: tuple[str, ...] = (
+        "get",
+        "get0",
+        "mget",
+        "match.fun",
+        "getFunction",
+        "do.call",
+        "getExportedValue",
+        "exists",
+    )
     indirection_severity: str = "review"
     rscript: str = "Rscript"
     timeout: float = 60.0  # seconds for the whole parse
@@ -122,7 +206,7 @@ class CodeReport:
         return {"verdict": self.verdict, "findings": [asdict(f) for f in self.findings]}
 
     @classmethod
-    def of(cls, findings: list[Finding]) -> "CodeReport":
+    def of(cls, findings: list[Finding]) -> CodeReport:
         findings = sorted(findings, key=lambda f: (f.file, f.line, f.rule))
         sev = {f.severity for f in findings}
         return cls("fail" if "fail" in sev else "review" if "review" in sev else "pass", findings)
@@ -134,8 +218,11 @@ def _project_files(root: Path) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
         rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and
-                             not any((rel_dir + d).endswith(p) for p in SKIP_PATHS))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if d not in SKIP_DIRS and not any((rel_dir + d).endswith(p) for p in SKIP_PATHS)
+        )
         for name in filenames:
             p = Path(dirpath, name)
             if p.is_file() and not p.is_symlink():
@@ -154,11 +241,21 @@ def _unesc(s: str) -> str:
 
 async def _run_parser(paths: list[Path], rules: CodeRules) -> tuple[dict[int, list], dict[int, tuple]]:
     """Tokens and parse errors per file index (0-based), from one Rscript process."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-           "R_LIBS_USER": "", "HOME": "/nonexistent"}  # nothing of the caller's environment leaks in
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "R_LIBS_USER": "",
+        "HOME": "/nonexistent",
+    }  # nothing of the caller's environment leaks in
     try:
-        rc, out, err = await proc.run([rules.rscript, "--vanilla", str(PARSER)], rules.timeout,
-                                      input="".join(f"{p}\n" for p in paths).encode(), env=env, cwd="/")
+        rc, out, err = await proc.run(
+            [rules.rscript, "--vanilla", str(PARSER)],
+            rules.timeout,
+            input="".join(f"{p}\n" for p in paths).encode(),
+            env=env,
+            cwd="/",
+        )
     except proc.CommandTimeout:
         raise RuntimeError(f"the R parser took longer than {rules.timeout:.0f} s") from None
     if rc != 0:
@@ -217,23 +314,32 @@ def _analyse(rel: str, toks: list, lines: list[str], rules: CodeRules) -> list[F
 
     stack: list[str | None] = []
     pending: str | None = None
-    opened: str | None = None        # the call whose '(' the previous token was
-    path_call: list | None = None    # file.path("", ...): the pieces seen so far
+    opened: str | None = None  # the call whose '(' the previous token was
+    path_call: list | None = None  # file.path("", ...): the pieces seen so far
     for i, (line, tok, val) in enumerate(toks):
         first_arg_of, opened = opened, None
         if first_arg_of in rules.computed_targets and (
-                tok == "SYMBOL_FUNCTION_CALL" or (tok == "SYMBOL" and first_arg_of != "do.call")):
+            tok == "SYMBOL_FUNCTION_CALL" or (tok == "SYMBOL" and first_arg_of != "do.call")
+        ):
             what = f"{val}(...)" if tok == "SYMBOL_FUNCTION_CALL" else f"the variable {val}"
-            add(line, "indirection", rules.indirection_severity,
+            add(
+                line,
+                "indirection",
+                rules.indirection_severity,
                 f"{first_arg_of}() is given {what}: the function or object it reaches is computed at run "
-                "time, so the checks cannot see what it is")
+                "time, so the checks cannot see what it is",
+            )
         if first_arg_of == "file.path" and tok == "STR_CONST" and val == "":
             path_call = [line, len(stack)]
         elif path_call is not None and tok == "STR_CONST" and len(stack) == path_call[1]:
             root = "/" + val.strip("/")
             severity = "fail" if root in rules.system_roots else rules.outside_severity
-            add(path_call[0], "outside-project", severity,
-                f'file.path("", "{val}", ...) builds an absolute path: only the project is in the enclave')
+            add(
+                path_call[0],
+                "outside-project",
+                severity,
+                f'file.path("", "{val}", ...) builds an absolute path: only the project is in the enclave',
+            )
             path_call = None
         elif path_call is not None and len(stack) < path_call[1]:
             path_call = None
@@ -299,14 +405,28 @@ def _scan_files(root: Path, files: list[str], rules: CodeRules) -> tuple[list[Fi
         if text is None:
             continue
         if len(text) > rules.max_scan_bytes:
-            found.append(Finding(rel, 0, "too-large-to-scan", "review",
-                                 f"larger than {rules.max_scan_bytes} bytes: not searched for secrets"))
+            found.append(
+                Finding(
+                    rel,
+                    0,
+                    "too-large-to-scan",
+                    "review",
+                    f"larger than {rules.max_scan_bytes} bytes: not searched for secrets",
+                )
+            )
         name = rel.rsplit("/", 1)[-1]
         for line, rule, message, snippet in scan_text(text, name):
             found.append(Finding(rel, line, rule, "fail", message, snippet))
         if _is_r(rel) and re.search(r"[\n\r\t]", rel):  # would break the one-path-per-line protocol
-            found.append(Finding(rel.encode("unicode_escape").decode(), 0, "file-name", "fail",
-                                 "R file name contains a line break or tab; rename it"))
+            found.append(
+                Finding(
+                    rel.encode("unicode_escape").decode(),
+                    0,
+                    "file-name",
+                    "fail",
+                    "R file name contains a line break or tab; rename it",
+                )
+            )
         elif _is_r(rel):
             texts[rel] = text
     return found, texts
@@ -333,8 +453,11 @@ async def check_code(project_dir, rules: CodeRules | None = None) -> CodeReport:
                 line, msg = errors[i]
                 msg = re.sub(r"^<text>:\d+:\d+: ", "", msg).splitlines()[0]
                 snippet = lines[line - 1].strip() if 0 < line <= len(lines) else ""
-                findings.append(Finding(rel, line, "parse-error", "fail", f"does not parse: {msg}",
-                                        mask_line(snippet)[:200]))
+                findings.append(
+                    Finding(
+                        rel, line, "parse-error", "fail", f"does not parse: {msg}", mask_line(snippet)[:200]
+                    )
+                )
             else:
                 findings.extend(_analyse(rel, tokens.get(i, []), lines, rules))
     return CodeReport.of(findings)
@@ -349,8 +472,15 @@ SECRET_PATTERNS: tuple[tuple[str, re.Pattern, int, int], ...] = (
     ("slack-token", re.compile(r"\b(xox[abposr]-[A-Za-z0-9-]{10,})"), 1, 4),
     ("google-api-key", re.compile(r"\b(AIza[0-9A-Za-z_-]{35})"), 1, 4),
     ("analysis-api-key", re.compile(r"\bANALYSIS_API_KEY\s*(?:=|<-|:)\s*[\"']?([A-Za-z0-9_-]{6,})"), 1, 0),
-    ("password", re.compile(r"(?i)\b\w*(?:password|passwd|pwd|secret|token|api_?key|access_?key)\w*"
-                            r"[\"']?\s*(?:=|<-|:)\s*[\"']([^\"'\s]{4,})[\"']"), 1, 0),
+    (
+        "password",
+        re.compile(
+            r"(?i)\b\w*(?:password|passwd|pwd|secret|token|api_?key|access_?key)\w*"
+            r"[\"']?\s*(?:=|<-|:)\s*[\"']([^\"'\s]{4,})[\"']"
+        ),
+        1,
+        0,
+    ),
 )
 PRIVATE_KEY = re.compile(r"-----BEGIN ([A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?)-----")
 TOKEN = re.compile(r"[A-Za-z0-9+/_-]{32,}={0,2}")
@@ -364,8 +494,12 @@ def entropy(s: str) -> float:
 
 
 def _random_looking(tok: str) -> bool:
-    return (entropy(tok) >= MIN_ENTROPY and any(c.isdigit() for c in tok) and any(c.isupper() for c in tok)
-            and any(c.islower() for c in tok))
+    return (
+        entropy(tok) >= MIN_ENTROPY
+        and any(c.isdigit() for c in tok)
+        and any(c.isupper() for c in tok)
+        and any(c.islower() for c in tok)
+    )
 
 
 def _mask(secret: str, keep: int) -> str:
@@ -407,11 +541,23 @@ def scan_text(text: str, filename: str) -> list[tuple[int, str, str, str]]:
             continue
         m = PRIVATE_KEY.search(line)
         if m:
-            in_key = "-----END" not in line[m.end():]
-            found.append((n, "private-key", f"a {m.group(1).lower()} is in the project; remove it",
-                          mask_line(line.strip())))
+            in_key = "-----END" not in line[m.end() :]
+            found.append(
+                (
+                    n,
+                    "private-key",
+                    f"a {m.group(1).lower()} is in the project; remove it",
+                    mask_line(line.strip()),
+                )
+            )
             continue
         for rule, s, e, keep in _secrets_in_line(line, filename, entropy_rule):
-            found.append((n, rule, f"looks like a secret ({rule}: {_mask(line[s:e], keep)}); remove it "
-                          "from the project", mask_line(line.strip(), filename, entropy_rule)[:200]))
+            found.append(
+                (
+                    n,
+                    rule,
+                    f"looks like a secret ({rule}: {_mask(line[s:e], keep)}); remove it from the project",
+                    mask_line(line.strip(), filename, entropy_rule)[:200],
+                )
+            )
     return found

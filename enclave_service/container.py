@@ -9,13 +9,14 @@ engine has and the other lacks); a test holds them to that.
 Also here: staging of the host directories the container mounts, and parsing of the
 ``inspect`` JSON both engines return.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import shlex
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from .runners import JobState, RunJob, RunLimits
@@ -68,7 +69,7 @@ class ContainerSpec:
     user: str = f"{RUN_UID}:{RUN_GID}"
 
     @classmethod
-    def from_job(cls, job: RunJob, hub: str = "local") -> "ContainerSpec":
+    def from_job(cls, job: RunJob, hub: str = "local") -> ContainerSpec:
         workdir = PurePosixPath(job.workdir)
         if not workdir.is_relative_to(HOME) or workdir == PurePosixPath(HOME):
             raise ValueError(f"workdir {job.workdir} must be a directory under {HOME}")
@@ -95,28 +96,46 @@ class ContainerSpec:
     def common_args(self) -> list[str]:
         """Flags both engines share: this list *is* the isolation policy."""
         lim = self.limits
-        fsize = lim.file_size_mb * 1024 * 1024      # RLIMIT_FSIZE is in bytes
+        fsize = lim.file_size_mb * 1024 * 1024  # RLIMIT_FSIZE is in bytes
         args = [
-            "--name", self.name,
-            "--pull", "never",                      # run only what we built, never fetch
-            "--network", "none",
-            "--hostname", "enclave",
-            "--user", self.user,
-            "--cap-drop", "ALL",
-            "--security-opt", "no-new-privileges",
+            "--name",
+            self.name,
+            "--pull",
+            "never",  # run only what we built, never fetch
+            "--network",
+            "none",
+            "--hostname",
+            "enclave",
+            "--user",
+            self.user,
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
             "--read-only",
-            "--tmpfs", f"/tmp:rw,noexec,nosuid,nodev,mode=1777,size={lim.tmpfs_mb}m",
-            "--shm-size", f"{lim.tmpfs_mb}m",
-            "--memory", f"{lim.memory_mb}m",
-            "--memory-swap", f"{lim.memory_mb}m",   # equal: no swap on top of memory
-            "--cpus", f"{lim.cpus:g}",
-            "--pids-limit", str(lim.pids),
-            "--ulimit", f"fsize={fsize}:{fsize}",
-            "--ulimit", f"nofile={lim.nofile}:{lim.nofile}",
-            "--ulimit", f"nproc={lim.nproc}:{lim.nproc}",
+            "--tmpfs",
+            f"/tmp:rw,noexec,nosuid,nodev,mode=1777,size={lim.tmpfs_mb}m",
+            "--shm-size",
+            f"{lim.tmpfs_mb}m",
+            "--memory",
+            f"{lim.memory_mb}m",
+            "--memory-swap",
+            f"{lim.memory_mb}m",  # equal: no swap on top of memory
+            "--cpus",
+            f"{lim.cpus:g}",
+            "--pids-limit",
+            str(lim.pids),
+            "--ulimit",
+            f"fsize={fsize}:{fsize}",
+            "--ulimit",
+            f"nofile={lim.nofile}:{lim.nofile}",
+            "--ulimit",
+            f"nproc={lim.nproc}:{lim.nproc}",
             # bound the engine's log file on disk; we truncate further when reading
-            "--log-opt", f"max-size={max(lim.log_bytes * 16, 1 << 20)}",
-            "--workdir", self.workdir,
+            "--log-opt",
+            f"max-size={max(lim.log_bytes * 16, 1 << 20)}",
+            "--workdir",
+            self.workdir,
         ]
         for m in self.mounts:
             args += ["--mount", m.arg()]
@@ -126,8 +145,9 @@ class ContainerSpec:
             args += ["--label", f"{k}={v}"]
         return args
 
-    def create_argv(self, engine: str = "podman", program: list[str] | None = None,
-                    runtime: str | None = None) -> list[str]:
+    def create_argv(
+        self, engine: str = "podman", program: list[str] | None = None, runtime: str | None = None
+    ) -> list[str]:
         """argv of ``<engine> create``; ``program`` may be e.g. ``["sudo", "docker"]``."""
         if engine not in ENGINE_FLAGS:
             raise ValueError(f"unknown container engine {engine!r}")
@@ -136,8 +156,9 @@ class ContainerSpec:
             argv += ["--runtime", runtime]
         return argv + [self.image] + self.command
 
-    def create_command(self, engine: str, program: list[str] | None = None,
-                       runtime: str | None = None) -> str:
+    def create_command(
+        self, engine: str, program: list[str] | None = None, runtime: str | None = None
+    ) -> str:
         """The same argv as one shell-quoted string (for running over SSH)."""
         return shlex.join(self.create_argv(engine, program, runtime))
 
@@ -188,6 +209,7 @@ def _lchown_tree(root: Path) -> None:
 @dataclass
 class ContainerState:
     """What both engines' ``inspect`` tell us about a container."""
+
     state: JobState
     id: str = ""
     exit_code: int | None = None
@@ -203,10 +225,17 @@ class ContainerState:
 
 
 _STATUS = {
-    "created": JobState.PREPARED, "configured": JobState.PREPARED, "initialized": JobState.PREPARED,
-    "running": JobState.RUNNING, "paused": JobState.RUNNING, "stopping": JobState.RUNNING,
-    "restarting": JobState.RUNNING, "exited": JobState.EXITED, "stopped": JobState.EXITED,
-    "dead": JobState.EXITED, "removing": JobState.EXITED,
+    "created": JobState.PREPARED,
+    "configured": JobState.PREPARED,
+    "initialized": JobState.PREPARED,
+    "running": JobState.RUNNING,
+    "paused": JobState.RUNNING,
+    "stopping": JobState.RUNNING,
+    "restarting": JobState.RUNNING,
+    "exited": JobState.EXITED,
+    "stopped": JobState.EXITED,
+    "dead": JobState.EXITED,
+    "removing": JobState.EXITED,
 }
 
 
@@ -230,9 +259,13 @@ def kernel_log_shows_oom(kernel_log: str, container_id: str) -> bool:
     ('oom-kill:...oom_memcg=/.../libpod-<id>' or '.../docker-<id>.scope')."""
     if len(container_id) < 12:
         return False
-    return any("oom_memcg=" in line and container_id in line
-               or "out of memory" in line.lower() and container_id in line
-               for line in kernel_log.splitlines())
+    return any(
+        "oom_memcg=" in line
+        and container_id in line
+        or "out of memory" in line.lower()
+        and container_id in line
+        for line in kernel_log.splitlines()
+    )
 
 
 _TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?")
@@ -246,4 +279,4 @@ def parse_time(value) -> datetime | None:
     frac = (m.group(2) or ".0")[:7]
     tz = m.group(3) or "Z"
     tz = "+00:00" if tz == "Z" else tz
-    return datetime.fromisoformat(m.group(1) + frac + tz).astimezone(timezone.utc)
+    return datetime.fromisoformat(m.group(1) + frac + tz).astimezone(UTC)

@@ -5,18 +5,32 @@ synchronous; every database call goes through :meth:`Database.run`, which execut
 worker thread, so the service's event loop never blocks on the database and SQLite writes are
 serialized (no "database is locked" between two coroutines).
 """
+
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, inspect, select)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from .states import State
@@ -42,12 +56,12 @@ class Run(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_run_id)
     analysis_id: Mapped[str] = mapped_column(String(64), index=True)
     analysis_title: Mapped[str] = mapped_column(String(500), default="")
-    author: Mapped[str] = mapped_column(String(255), index=True)        # hub user name = uuid
+    author: Mapped[str] = mapped_column(String(255), index=True)  # hub user name = uuid
     author_email: Mapped[str] = mapped_column(String(320), default="")
-    collaborators: Mapped[list] = mapped_column(JSON, default=list)     # uuids on the analysis
+    collaborators: Mapped[list] = mapped_column(JSON, default=list)  # uuids on the analysis
     message: Mapped[str] = mapped_column(Text, default="")
     state: Mapped[str] = mapped_column(String(32), default=State.SUBMITTED.value, index=True)
-    failure: Mapped[str] = mapped_column(Text, default="")              # plain words
+    failure: Mapped[str] = mapped_column(Text, default="")  # plain words
     created: Mapped[float] = mapped_column(Float, default=_now)
     updated: Mapped[float] = mapped_column(Float, default=_now, onupdate=_now)
     archive_sha256: Mapped[str] = mapped_column(String(64), default="")
@@ -57,7 +71,7 @@ class Run(Base):
     input_records: Mapped[int | None] = mapped_column(Integer, nullable=True)  # rows of the staged data
     image: Mapped[str] = mapped_column(String(255), default="")
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    logs: Mapped[str] = mapped_column(Text, default="")                 # truncated run log
+    logs: Mapped[str] = mapped_column(Text, default="")  # truncated run log
     required_approvals: Mapped[int] = mapped_column(Integer, default=2)
     analysis_api_key: Mapped[str] = mapped_column(String(255), default="")
     kinetic_run_key: Mapped[str] = mapped_column(String(255), default="")
@@ -66,10 +80,12 @@ class Run(Base):
     kinetic_completed: Mapped[str] = mapped_column(String(16), default="")  # '', success, failure
     mail_sent: Mapped[bool] = mapped_column(Boolean, default=False)
 
-    events: Mapped[list["Event"]] = relationship(back_populates="run", order_by="Event.id",
-                                                 cascade="all, delete-orphan")
-    reviews: Mapped[list["Review"]] = relationship(back_populates="run", order_by="Review.id",
-                                                   cascade="all, delete-orphan")
+    events: Mapped[list[Event]] = relationship(
+        back_populates="run", order_by="Event.id", cascade="all, delete-orphan"
+    )
+    reviews: Mapped[list[Review]] = relationship(
+        back_populates="run", order_by="Review.id", cascade="all, delete-orphan"
+    )
 
 
 @dataclasses.dataclass
@@ -106,7 +122,7 @@ class RunRecord:
     mail_sent: bool
 
     @classmethod
-    def of(cls, run: "Run") -> "RunRecord":
+    def of(cls, run: Run) -> RunRecord:
         kw = {f.name: getattr(run, f.name) for f in dataclasses.fields(cls)}
         kw["state"] = State(run.state)
         kw["collaborators"] = list(run.collaborators or [])
@@ -119,12 +135,13 @@ class RunRecord:
 
 class Event(Base):
     """The audit log: every transition, review, download and notable failure."""
+
     __tablename__ = "events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     time: Mapped[float] = mapped_column(Float, default=_now)
     actor: Mapped[str] = mapped_column(String(255), default="system")
-    kind: Mapped[str] = mapped_column(String(32))      # state, review, download, withdraw, kinetic, mail
+    kind: Mapped[str] = mapped_column(String(32))  # state, review, download, withdraw, kinetic, mail
     state: Mapped[str] = mapped_column(String(32), default="")
     message: Mapped[str] = mapped_column(Text, default="")
     run: Mapped[Run] = relationship(back_populates="events")
@@ -136,7 +153,7 @@ class Review(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     reviewer: Mapped[str] = mapped_column(String(255))
-    decision: Mapped[str] = mapped_column(String(16))   # approve | reject
+    decision: Mapped[str] = mapped_column(String(16))  # approve | reject
     comment: Mapped[str] = mapped_column(Text, default="")
     time: Mapped[float] = mapped_column(Float, default=_now)
     run: Mapped[Run] = relationship(back_populates="reviews")
@@ -148,7 +165,7 @@ class Release(Base):
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     bytes: Mapped[int] = mapped_column(Integer)
-    manifest: Mapped[dict] = mapped_column(JSON)         # {path: sha256}
+    manifest: Mapped[dict] = mapped_column(JSON)  # {path: sha256}
     time: Mapped[float] = mapped_column(Float, default=_now)
 
 
@@ -171,12 +188,14 @@ class Database:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
+
             @event.listens_for(self.engine, "connect")
             def _pragmas(conn, _):
                 cur = conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
+
         upgrade(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enclave-db")
@@ -195,8 +214,9 @@ class Database:
 
 
 # -- small helpers used inside db.run(...) ------------------------------------------------------
-def add_event(session: Session, run_id: str, kind: str, message: str, *, actor: str = "system",
-              state: str = "") -> Event:
+def add_event(
+    session: Session, run_id: str, kind: str, message: str, *, actor: str = "system", state: str = ""
+) -> Event:
     ev = Event(run_id=run_id, kind=kind, message=message, actor=actor, state=state)
     session.add(ev)
     return ev
@@ -210,6 +230,7 @@ def run_ids_in(session: Session, states) -> list[str]:
 # -- schema migrations (Alembic, as JupyterHub does) --------------------------------------------
 def _alembic_config(connection):
     from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -220,9 +241,10 @@ def upgrade(engine, revision: str = "head") -> None:
     """Bring the database to ``revision``. A database made before migrations existed (tables but no
     ``alembic_version``) is first stamped as the first revision, which is that schema."""
     from alembic import command
+
     with engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
-        if sqlite:   # SQLite alters a table by copying it; foreign keys would refuse the drop
+        if sqlite:  # SQLite alters a table by copying it; foreign keys would refuse the drop
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.commit()
         with conn.begin():

@@ -19,6 +19,7 @@ else, the EC2 runner's settings included) are written as the service's traitlets
 ``<state_dir>/enclave_service_config.json``, which the service loads (``--config=FILE``). No
 setting travels through the environment.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,23 +46,36 @@ def _grant_user_access(c, scope: str) -> None:
                 r["scopes"].append(scope)
             break
     else:
-        roles.append({"name": "user", "description": "Standard user privileges",
-                      "scopes": ["self", scope]})
+        roles.append({"name": "user", "description": "Standard user privileges", "scopes": ["self", scope]})
     c.JupyterHub.load_roles = roles
 
 
-def configure_enclave_service(c, *, state_dir, kinetic_url: str, public_url: str, reviewers: list[str],
-                              smtp_port: int, smtp_host: str = "127.0.0.1",
-                              mail_from: str = "Kinetic enclave <enclave@kinetic.invalid>",
-                              enclave_key_file: str | None = None, port: int = 10101,
-                              runner: str = "podman", required_approvals: int = 2,
-                              workspaces_root: str | None = None, db_url: str | None = None,
-                              reviewers_group: str = "reviewers", kinetic_cookie_name: str = "oxa",
-                              run_wall_seconds: int | None = None, step_limits: dict | None = None,
-                              show_run_logs_to_researchers: bool = False,
-                              risk_appetite: dict | None = None, config: dict | None = None,
-                              mail_sink_dir: str | None = None,
-                              extra_env: dict | None = None) -> dict:
+def configure_enclave_service(
+    c,
+    *,
+    state_dir,
+    kinetic_url: str,
+    public_url: str,
+    reviewers: list[str],
+    smtp_port: int,
+    smtp_host: str = "127.0.0.1",
+    mail_from: str = "Kinetic enclave <enclave@kinetic.invalid>",
+    enclave_key_file: str | None = None,
+    port: int = 10101,
+    runner: str = "podman",
+    required_approvals: int = 2,
+    workspaces_root: str | None = None,
+    db_url: str | None = None,
+    reviewers_group: str = "reviewers",
+    kinetic_cookie_name: str = "oxa",
+    run_wall_seconds: int | None = None,
+    step_limits: dict | None = None,
+    show_run_logs_to_researchers: bool = False,
+    risk_appetite: dict | None = None,
+    config: dict | None = None,
+    mail_sink_dir: str | None = None,
+    extra_env: dict | None = None,
+) -> dict:
     """Register the enclave service on JupyterHub config ``c``; returns the service entry.
 
     ``reviewers``: hub user names (researcher uuids) of the output reviewers group.
@@ -133,21 +147,43 @@ def configure_enclave_service(c, *, state_dir, kinetic_url: str, public_url: str
 
     if mail_sink_dir:
         services = [s for s in c.JupyterHub.services if s.get("name") != "mailsink"]
-        services.append({"name": "mailsink", "environment": {"PYTHONPATH": env["PYTHONPATH"]},
-                         "command": [sys.executable, "-m", "enclave_service.mailsink", "--host", smtp_host,
-                                     "--port", str(smtp_port), "--dir", str(Path(mail_sink_dir).resolve())]})
+        services.append(
+            {
+                "name": "mailsink",
+                "environment": {"PYTHONPATH": env["PYTHONPATH"]},
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "enclave_service.mailsink",
+                    "--host",
+                    smtp_host,
+                    "--port",
+                    str(smtp_port),
+                    "--dir",
+                    str(Path(mail_sink_dir).resolve()),
+                ],
+            }
+        )
         c.JupyterHub.services = services
 
-    _append_role(c, {"name": "enclave-service",
-                     "description": "What the enclave service may read from the hub",
-                     "scopes": list(SERVICE_SCOPES), "services": [SERVICE_NAME]})
+    _append_role(
+        c,
+        {
+            "name": "enclave-service",
+            "description": "What the enclave service may read from the hub",
+            "scopes": list(SERVICE_SCOPES),
+            "services": [SERVICE_NAME],
+        },
+    )
     _grant_user_access(c, f"access:services!service={SERVICE_NAME}")
 
     groups = dict(c.JupyterHub.load_groups) if "load_groups" in c.JupyterHub else {}
     entry = groups.get(reviewers_group, {})
     members = entry.get("users", []) if isinstance(entry, dict) else list(entry)
-    groups[reviewers_group] = {"users": sorted(set(members) | set(reviewers)),
-                               "properties": {"purpose": "enclave output review"}}
+    groups[reviewers_group] = {
+        "users": sorted(set(members) | set(reviewers)),
+        "properties": {"purpose": "enclave output review"},
+    }
     c.JupyterHub.load_groups = groups
     return service
 
@@ -167,6 +203,13 @@ def add_metrics_reader(c, name: str = "metrics-reader", api_token: str = "") -> 
     service = {"name": name, "api_token": api_token}
     services.append(service)
     c.JupyterHub.services = services
-    _append_role(c, {"name": f"{name}-scrape", "description": "Read the hub's and the enclave's metrics",
-                     "scopes": list(METRICS_READER_SCOPES), "services": [name]})
+    _append_role(
+        c,
+        {
+            "name": f"{name}-scrape",
+            "description": "Read the hub's and the enclave's metrics",
+            "scopes": list(METRICS_READER_SCOPES),
+            "services": [name],
+        },
+    )
     return service

@@ -11,6 +11,7 @@
 
 No secret ever reaches a build: no ARG, no ENV from the service, no build secret.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -71,8 +72,9 @@ def base_image_tag(suite: str = "bookworm", packages=BASE_PACKAGES, repo: str = 
 async def _run(argv: list[str], timeout: float, extra_env: dict | None = None) -> tuple[int, str]:
     """Run a build step without blocking the loop; (returncode, combined output)."""
     try:
-        rc, out, _ = await proc.run(argv, timeout, env={**_clean_env(), **(extra_env or {})},
-                                    merge_stderr=True)
+        rc, out, _ = await proc.run(
+            argv, timeout, env={**_clean_env(), **(extra_env or {})}, merge_stderr=True
+        )
     except proc.CommandTimeout:
         return -1, f"timed out after {timeout:.0f} s"
     return rc, out.decode("utf-8", "replace")
@@ -81,8 +83,19 @@ async def _run(argv: list[str], timeout: float, extra_env: dict | None = None) -
 def _clean_env() -> dict[str, str]:
     """Builds get PATH, locale and podman's own settings only: the service's secrets stay
     out of build logs and layers."""
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "CONTAINERS_CONF",
-            "CONTAINERS_STORAGE_CONF", "http_proxy", "https_proxy", "no_proxy")
+    keep = (
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TMPDIR",
+        "XDG_RUNTIME_DIR",
+        "CONTAINERS_CONF",
+        "CONTAINERS_STORAGE_CONF",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    )
     return {k: os.environ[k] for k in keep if k in os.environ}
 
 
@@ -91,13 +104,19 @@ async def image_exists(tag: str, podman: str = "podman") -> bool:
     return rc == 0
 
 
-async def ensure_base_image(*, suite: str = "bookworm", packages=BASE_PACKAGES,
-                            mirror: str | None = None, repo: str = BASE_REPO,
-                            podman: str = "podman", runtime: str = "runc",
-                            timeout: float = 3600) -> str:
+async def ensure_base_image(
+    *,
+    suite: str = "bookworm",
+    packages=BASE_PACKAGES,
+    mirror: str | None = None,
+    repo: str = BASE_REPO,
+    podman: str = "podman",
+    runtime: str = "runc",
+    timeout: float = 3600,
+) -> str:
     """Return the base image tag, building it first if this host does not have it."""
     tag = base_image_tag(suite, packages, repo)
-    async with _locks.setdefault(tag, asyncio.Lock()):   # one build per tag per process
+    async with _locks.setdefault(tag, asyncio.Lock()):  # one build per tag per process
         if await image_exists(tag, podman):
             return tag
         argv = ["sh", str(BUILD_SCRIPT), tag, mirror or apt_mirror(), suite, *packages]
@@ -112,7 +131,7 @@ def _included(rel: Path) -> bool:
     parts = rel.parts
     if parts and parts[0] in EXCLUDE_DIRS:
         return False
-    return not any(parts[:len(s)] == s for s in EXCLUDE_SUBPATHS)
+    return not any(parts[: len(s)] == s for s in EXCLUDE_SUBPATHS)
 
 
 def project_files(project: Path) -> list[Path]:
@@ -141,14 +160,19 @@ def fingerprint(project: Path, base: str) -> str:
 def render_containerfile(base: str, fp: str, renv: bool, cran: str = DEFAULT_CRAN) -> str:
     renv_block = ""
     if renv:
-        r = (f'options(repos = c(CRAN = "{cran}")); .libPaths("{LIBRARY}"); '
-             f'if (!requireNamespace("renv", quietly = TRUE)) install.packages("renv"); '
-             f'renv::restore(lockfile = "/home/editor/kinetic/renv.lock", '
-             f'library = "{LIBRARY}", prompt = FALSE)')
-        renv_block = (f"RUN mkdir -p {LIBRARY} && echo 'kinetic: restoring renv.lock' && "
-                      f"R --no-save --no-restore -q -e '{r}'")
+        r = (
+            f'options(repos = c(CRAN = "{cran}")); .libPaths("{LIBRARY}"); '
+            f'if (!requireNamespace("renv", quietly = TRUE)) install.packages("renv"); '
+            f'renv::restore(lockfile = "/home/editor/kinetic/renv.lock", '
+            f'library = "{LIBRARY}", prompt = FALSE)'
+        )
+        renv_block = (
+            f"RUN mkdir -p {LIBRARY} && echo 'kinetic: restoring renv.lock' && "
+            f"R --no-save --no-restore -q -e '{r}'"
+        )
     return string.Template(CONTAINERFILE.read_text()).substitute(
-        base=base, fingerprint=fp, renv_block=renv_block)
+        base=base, fingerprint=fp, renv_block=renv_block
+    )
 
 
 def _make_context(project: Path, ctx: Path, containerfile: str) -> None:
@@ -160,10 +184,17 @@ def _make_context(project: Path, ctx: Path, containerfile: str) -> None:
     (ctx / "Containerfile").write_text(containerfile)
 
 
-async def build_analysis_image(code_dir: Path, base: str, *, podman: str = "podman",
-                               runtime: str = "runc", repo: str = ANALYSIS_REPO,
-                               cran: str = DEFAULT_CRAN, build_network: str = "host",
-                               timeout: float = 3600) -> str:
+async def build_analysis_image(
+    code_dir: Path,
+    base: str,
+    *,
+    podman: str = "podman",
+    runtime: str = "runc",
+    repo: str = ANALYSIS_REPO,
+    cran: str = DEFAULT_CRAN,
+    build_network: str = "host",
+    timeout: float = 3600,
+) -> str:
     """Build (or reuse) the image for the project at ``code_dir/kinetic``; return its tag.
 
     The network is opened only when renv.lock asks for packages, and only for the build:
@@ -180,16 +211,34 @@ async def build_analysis_image(code_dir: Path, base: str, *, podman: str = "podm
         renv = (project / "renv.lock").is_file()
         with tempfile.TemporaryDirectory(prefix="kinetic-build-") as tmp:
             await asyncio.to_thread(
-                _make_context, project, Path(tmp), render_containerfile(base, fp, renv, cran))
-            argv = [podman, "--runtime", runtime, "build", "--pull=never", "--layers=false",
-                    f"--network={build_network if renv else 'none'}",
-                    "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024",
-                    "-f", str(Path(tmp) / "Containerfile"), "-t", tag, tmp]
+                _make_context, project, Path(tmp), render_containerfile(base, fp, renv, cran)
+            )
+            argv = [
+                podman,
+                "--runtime",
+                runtime,
+                "build",
+                "--pull=never",
+                "--layers=false",
+                f"--network={build_network if renv else 'none'}",
+                "--ulimit",
+                "nofile=4096:4096",
+                "--ulimit",
+                "nproc=1024:1024",
+                "-f",
+                str(Path(tmp) / "Containerfile"),
+                "-t",
+                tag,
+                tmp,
+            ]
             rc, out = await _run(argv, timeout)
         if rc != 0:
-            what = ("restoring the R packages in renv.lock failed (no package repository "
-                    "reachable from the build host?)" if renv and "restoring renv.lock" in out
-                    else "building the analysis image failed")
+            what = (
+                "restoring the R packages in renv.lock failed (no package repository "
+                "reachable from the build host?)"
+                if renv and "restoring renv.lock" in out
+                else "building the analysis image failed"
+            )
             raise ImageBuildError(f"{what}: {out.strip()[-1500:]}")
         return tag
 

@@ -4,6 +4,7 @@ step, the results upload (zip + Content-MD5) and a completion whose status is th
 Kinetic being down never stops the pipeline: a failed call is written to the audit log, and the
 completion (the call that matters) is retried at every service start until Kinetic has it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,13 +19,23 @@ log = logging.getLogger("enclave.kinetic")
 
 # Kinetic's stages are archive|review|package|run|check|end; each of our states maps to one.
 STAGE_FOR_STATE = {
-    State.SUBMITTED: "archive", State.ARCHIVED: "archive", State.FAILED_ARCHIVED: "archive",
-    State.CODE_CHECKED: "review", State.FAILED_CODE_CHECKED: "review",
-    State.BUILT: "package", State.FAILED_BUILT: "package",
-    State.RAN: "run", State.FAILED_RAN: "run",
-    State.OUTPUTS_CHECKED: "check", State.FAILED_OUTPUTS_CHECKED: "check",
-    State.IN_REVIEW: "review", State.APPROVED: "review", State.REJECTED: "review",
-    State.RELEASED: "end", State.FAILED_RELEASED: "end", State.WITHDRAWN: "end",
+    State.SUBMITTED: "archive",
+    State.ARCHIVED: "archive",
+    State.FAILED_ARCHIVED: "archive",
+    State.CODE_CHECKED: "review",
+    State.FAILED_CODE_CHECKED: "review",
+    State.BUILT: "package",
+    State.FAILED_BUILT: "package",
+    State.RAN: "run",
+    State.FAILED_RAN: "run",
+    State.OUTPUTS_CHECKED: "check",
+    State.FAILED_OUTPUTS_CHECKED: "check",
+    State.IN_REVIEW: "review",
+    State.APPROVED: "review",
+    State.REJECTED: "review",
+    State.RELEASED: "end",
+    State.FAILED_RELEASED: "end",
+    State.WITHDRAWN: "end",
 }
 
 

@@ -3,6 +3,7 @@
 The link needs a hub login; no bearer token or download link ever goes into a mail. smtplib is
 blocking, so it runs in a thread.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +13,16 @@ from email.utils import formatdate, make_msgid
 
 
 class Mailer:
-    def __init__(self, host: str, port: int, sender: str, starttls: bool = False,
-                 username: str = "", password: str = "", timeout: float = 20):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        starttls: bool = False,
+        username: str = "",
+        password: str = "",
+        timeout: float = 20,
+    ):
         self.host, self.port, self.sender = host, port, sender
         self.starttls, self.username, self.password, self.timeout = starttls, username, password, timeout
 
@@ -41,11 +50,15 @@ def decision_mail(run, run_url: str) -> tuple[str, str]:
     title = run.analysis_title or f"analysis {run.analysis_id}"
     if run.state == "released":
         subject = f"Your enclave run {run.id} was approved and released"
-        what = ("The outputs of your run were approved by the output reviewers and released.\n"
-                "Sign in and download them from the run's page:")
+        what = (
+            "The outputs of your run were approved by the output reviewers and released.\n"
+            "Sign in and download them from the run's page:"
+        )
     else:
         subject = f"Your enclave run {run.id} was not released"
         what = "An output reviewer did not approve the release. The reasons are on the run's page:"
-    body = (f"Hello,\n\n{what}\n\n  {run_url}\n\nAnalysis: {title}\nMessage: {run.message}\n\n"
-            "— Kinetic Workspaces enclave\n")
+    body = (
+        f"Hello,\n\n{what}\n\n  {run_url}\n\nAnalysis: {title}\nMessage: {run.message}\n\n"
+        "— Kinetic Workspaces enclave\n"
+    )
     return subject, body

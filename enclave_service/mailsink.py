@@ -5,6 +5,7 @@ nothing: never point production at it.
 
     python -m enclave_service.mailsink --port 8025 --dir state/mail
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ class FolderHandler:
             data = data.encode()
         header = f"X-Sink-Rcpt-To: {', '.join(envelope.rcpt_tos)}\r\n".encode()
         tmp.write_bytes(header + data)
-        tmp.replace(self.folder / name)   # readers never see half a mail
+        tmp.replace(self.folder / name)  # readers never see half a mail
         return "250 Message accepted for delivery"
 
 
@@ -43,7 +44,7 @@ class MailSink:
         self.handler = FolderHandler(self.folder)
         self.controller = Controller(self.handler, hostname=host, port=port)
 
-    def start(self) -> "MailSink":
+    def start(self) -> MailSink:
         self.controller.start()
         return self
 

@@ -15,6 +15,7 @@ Two kinds, kept apart:
 Each service has its own registry (not prometheus-client's global one), so several pipelines in one
 process (the tests, the bench) never collide over metric names.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,30 +36,40 @@ from .states import TERMINAL, State
 # ``access:services!service=enclave``, as every call to the service does.
 METRICS_SCOPE = "read:metrics"
 
-WAITING = tuple(s for s in State if s not in TERMINAL)   # states a run can sit in
+WAITING = tuple(s for s in State if s not in TERMINAL)  # states a run can sit in
 # Steps take from milliseconds (review) to an hour (build, run): buckets cover both ends.
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
-ARCHIVE_BUCKETS = tuple(2**k for k in (10, 14, 16, 18, 20, 22, 24, 26, 28))   # 1 KiB … 256 MiB
+ARCHIVE_BUCKETS = tuple(2**k for k in (10, 14, 16, 18, 20, 22, 24, 26, 28))  # 1 KiB … 256 MiB
 
 
 class Metrics:
     def __init__(self, min_refresh_seconds: float = 1.0):
         self.registry = CollectorRegistry()
         self.step_seconds = Histogram(
-            "enclave_step_duration_seconds", "Time a pipeline step took, by step and outcome (ok | failed).",
-            ["step", "outcome"], buckets=STEP_BUCKETS, registry=self.registry)
+            "enclave_step_duration_seconds",
+            "Time a pipeline step took, by step and outcome (ok | failed).",
+            ["step", "outcome"],
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
         self.step_failures = Counter(
-            "enclave_step_failures", "Pipeline steps that ended in a failed_* state, by step.",
-            ["step"], registry=self.registry)
+            "enclave_step_failures",
+            "Pipeline steps that ended in a failed_* state, by step.",
+            ["step"],
+            registry=self.registry,
+        )
         self.archive_bytes = Histogram(
-            "enclave_archive_bytes", "Size of each submitted code archive (bytes).",
-            buckets=ARCHIVE_BUCKETS, registry=self.registry)
+            "enclave_archive_bytes",
+            "Size of each submitted code archive (bytes).",
+            buckets=ARCHIVE_BUCKETS,
+            registry=self.registry,
+        )
         ProcessCollector(namespace="enclave", registry=self.registry)
         self.registry.register(_FromDatabase(self))
         self.min_refresh_seconds = min_refresh_seconds
         self.by_state: dict[str, int] = {}
         self.oldest_entered: dict[str, float] = {}
-        self.read_at = 0.0                  # time.time() of the last database reading
+        self.read_at = 0.0  # time.time() of the last database reading
         self._lock = asyncio.Lock()
 
     # -- counted as it happens (called by the state owner) -----------------------------------------
@@ -92,12 +103,16 @@ def read_states(session) -> tuple[dict[str, int], dict[str, float]]:
     A run entered its state at the last audit event that names that state (every transition
     writes one in the same transaction)."""
     counts = dict(session.execute(select(Run.state, func.count()).group_by(Run.state)).all())
-    entered = (select(Run.state.label("state"), func.max(Event.time).label("since"))
-               .join(Event, and_(Event.run_id == Run.id, Event.state == Run.state))
-               .where(Run.state.in_([s.value for s in WAITING]))
-               .group_by(Run.id, Run.state).subquery())
-    oldest = dict(session.execute(select(entered.c.state, func.min(entered.c.since))
-                                  .group_by(entered.c.state)).all())
+    entered = (
+        select(Run.state.label("state"), func.max(Event.time).label("since"))
+        .join(Event, and_(Event.run_id == Run.id, Event.state == Run.state))
+        .where(Run.state.in_([s.value for s in WAITING]))
+        .group_by(Run.id, Run.state)
+        .subquery()
+    )
+    oldest = dict(
+        session.execute(select(entered.c.state, func.min(entered.c.since)).group_by(entered.c.state)).all()
+    )
     return {k: int(v) for k, v in counts.items()}, {k: float(v) for k, v in oldest.items()}
 
 
@@ -109,7 +124,7 @@ class _FromDatabase:
         self.m = metrics
 
     def describe(self):
-        return []      # names are known only at collect(); the registry then checks nothing twice
+        return []  # names are known only at collect(); the registry then checks nothing twice
 
     def collect(self):
         runs = GaugeMetricFamily("enclave_runs", "Runs in each state (from the database).", labels=["state"])
@@ -117,14 +132,18 @@ class _FromDatabase:
             runs.add_metric([s.value], self.m.by_state.get(s.value, 0))
         yield runs
         age = GaugeMetricFamily(
-            "enclave_queue_age_seconds", "Seconds the longest-waiting run of each unfinished state has been "
+            "enclave_queue_age_seconds",
+            "Seconds the longest-waiting run of each unfinished state has been "
             "in it (0 when none is): in_review is the reviewers' queue, submitted the pipeline's.",
-            labels=["state"])
+            labels=["state"],
+        )
         now = self.m.read_at or time.time()
         for s in WAITING:
             since = self.m.oldest_entered.get(s.value)
             age.add_metric([s.value], max(0.0, now - since) if since else 0.0)
         yield age
-        yield GaugeMetricFamily("enclave_metrics_read_timestamp_seconds",
-                                "When the database part of these metrics was read (Unix time).",
-                                value=self.m.read_at)
+        yield GaugeMetricFamily(
+            "enclave_metrics_read_timestamp_seconds",
+            "When the database part of these metrics was read (Unix time).",
+            value=self.m.read_at,
+        )

@@ -33,6 +33,7 @@ Every check is registered by name (:data:`CHECKS`); every finding names its rule
 evidence (:class:`Finding`). A check that cannot decide (it raised) says ``review``, never ``pass``.
 The thresholds come from the risk appetite (:mod:`enclave_service.risk_appetite`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,25 +42,41 @@ import hashlib
 import io
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ORDER = {"pass": 0, "review": 1, "fail": 2}
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".md")
-FIGURE_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",),
-                ".pdf": (b"%PDF-",)}
-BAD_MAGIC = {b"\x7fELF": "an executable (ELF)", b"MZ": "a Windows executable", b"#!": "a script",
-             b"PK\x03\x04": "a zip archive", b"\x1f\x8b": "a gzip file (e.g. R data)",
-             b"\x28\xb5\x2f\xfd": "a zstd archive", b"\xfd7zXZ": "an xz archive", b"BZh": "a bzip2 file",
-             b"7z\xbc\xaf": "a 7z archive", b"RDX": "an R data file", b"RDA": "an R data file",
-             b"PAR1": "a parquet file", b"SQLite format 3": "a SQLite database", b"\xcf\xfa\xed\xfe":
-             "an executable (Mach-O)"}
+FIGURE_MAGIC = {
+    ".png": (b"\x89PNG\r\n\x1a\n",),
+    ".jpg": (b"\xff\xd8\xff",),
+    ".jpeg": (b"\xff\xd8\xff",),
+    ".pdf": (b"%PDF-",),
+}
+BAD_MAGIC = {
+    b"\x7fELF": "an executable (ELF)",
+    b"MZ": "a Windows executable",
+    b"#!": "a script",
+    b"PK\x03\x04": "a zip archive",
+    b"\x1f\x8b": "a gzip file (e.g. R data)",
+    b"\x28\xb5\x2f\xfd": "a zstd archive",
+    b"\xfd7zXZ": "an xz archive",
+    b"BZh": "a bzip2 file",
+    b"7z\xbc\xaf": "a 7z archive",
+    b"RDX": "an R data file",
+    b"RDA": "an R data file",
+    b"PAR1": "a parquet file",
+    b"SQLite format 3": "a SQLite database",
+    b"\xcf\xfa\xed\xfe": "an executable (Mach-O)",
+}
 NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 INTEGER = re.compile(r"^\+?\d+(\.0*)?$")
 SUPPRESSED = re.compile(r"^(<\s*\d+|\*+|-|c|x|suppressed|NA|)$", re.I)
-NON_ADDITIVE = (r"(^|_)(pct|percent|prop|proportion|rate|ratio|mean|avg|average|median|sd|std|var|variance"
-                r"|min|max)(_|$)",)
+NON_ADDITIVE = (
+    r"(^|_)(pct|percent|prop|proportion|rate|ratio|mean|avg|average|median|sd|std|var|variance"
+    r"|min|max)(_|$)",
+)
 MARGIN = re.compile(r"^(total|all|sum|overall|grand[ _]?total)$", re.I)
 # Identifier shapes. Kinetic's real student ids are "S" + 8 digits; with the prefix dropped they are
 # 8 digits; synthetic ones are "synthetic-NNNN"; people are UUIDs and e-mail addresses.
@@ -90,24 +107,40 @@ class OutputRules:
     dominance_k: float = 0.9  # ACRO safe_nk_k: … may not hold more than this share of a total
     id_ratio: float = 0.5  # a column whose non-empty values look like ids this often is an id column
     id_column_patterns: tuple[str, ...] = (
-        r"^(student|user|person|participant|learner|researcher|respondent|research)_?id$", r"^id$",
-        r"^uuid$", r"e_?mail", r"^(first|last|full|given|family|sur|user)?_?name$", r"^ip(_?addr(ess)?)?$",
-        r"phone", r"(street|postal|home|mail)_?address", r"^(dob|birth_?date|date_of_birth)$", r"^ssn$")
+        r"^(student|user|person|participant|learner|researcher|respondent|research)_?id$",
+        r"^id$",
+        r"^uuid$",
+        r"e_?mail",
+        r"^(first|last|full|given|family|sur|user)?_?name$",
+        r"^ip(_?addr(ess)?)?$",
+        r"phone",
+        r"(street|postal|home|mail)_?address",
+        r"^(dob|birth_?date|date_of_birth)$",
+        r"^ssn$",
+    )
     count_patterns: tuple[str, ...] = (
         r"^(n|count|counts|freq|frequency|num|number|total|obs|observations|students|people)$",
-        r"^n_", r"_n$", r"^count_", r"_count$", r"^num_", r"^number_of", r"_freq$")
+        r"^n_",
+        r"_n$",
+        r"^count_",
+        r"_count$",
+        r"^num_",
+        r"^number_of",
+        r"_freq$",
+    )
     magnitude_patterns: tuple[str, ...] = (
         r"(^|_)(mean|avg|average|median|sd|std|var|variance|min|max|sum|score|amount|value|pct|percent"
-        r"|prop|proportion|rate|ratio|minutes|hours|seconds|time|cost)s?(_|$)",)
+        r"|prop|proportion|rate|ratio|minutes|hours|seconds|time|cost)s?(_|$)",
+    )
     id_shapes: dict = field(default_factory=lambda: dict(DEFAULT_ID_SHAPES))
-    text_bare_ids_fail: int = 3          # this many 8-digit numbers in a text file fail it (fewer: review)
-    max_files: int = 50                  # the review page shows every file; more cannot be reviewed
-    unaggregated_min_rows: int = 50      # a table this long with a high-cardinality column looks like records
+    text_bare_ids_fail: int = 3  # this many 8-digit numbers in a text file fail it (fewer: review)
+    max_files: int = 50  # the review page shows every file; more cannot be reviewed
+    unaggregated_min_rows: int = 50  # a table this long with a high-cardinality column looks like records
     high_cardinality_ratio: float = 0.9  # distinct values / rows of such a column
     distinct_integers_min_rows: int = 20
     distinct_integers_ratio: float = 0.95  # an integer column this distinct is an id or a measurement
-    record_rows_min: int = 10            # the input-record-count rule applies from this many rows
-    severities: dict = field(default_factory=dict)   # rule -> level, overriding a rule's own level
+    record_rows_min: int = 10  # the input-record-count rule applies from this many rows
+    severities: dict = field(default_factory=dict)  # rule -> level, overriding a rule's own level
 
     def shape(self, name: str) -> re.Pattern:
         cache = self.__dict__.setdefault("_compiled", {})
@@ -116,11 +149,15 @@ class OutputRules:
         return cache[name]
 
 
+DEFAULT_RULES = OutputRules()  # the defaults, shared read-only by callers that pass none
+
+
 @dataclass
 class Finding:
     """One result of one check: the rule, its level, and the evidence a reviewer can verify."""
+
     rule: str
-    level: str      # "pass" | "review" | "fail"
+    level: str  # "pass" | "review" | "fail"
     evidence: str
 
 
@@ -130,7 +167,7 @@ class FileVerdict:
     sha256: str
     bytes: int
     verdict: str  # "pass" | "review" | "fail"
-    reasons: list[str] = field(default_factory=list)    # the evidence of each finding, in order
+    reasons: list[str] = field(default_factory=list)  # the evidence of each finding, in order
     findings: list[Finding] = field(default_factory=list)
 
 
@@ -146,8 +183,12 @@ class OutputReport:
         return {f.path: f.sha256 for f in self.files}
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "files": [asdict(f) for f in self.files],
-                "reasons": list(self.reasons), "manifest": self.manifest}
+        return {
+            "verdict": self.verdict,
+            "files": [asdict(f) for f in self.files],
+            "reasons": list(self.reasons),
+            "manifest": self.manifest,
+        }
 
 
 class _Verdict:
@@ -183,17 +224,23 @@ CHECKS: dict[str, Callable] = {}
 
 def check(name: str):
     """Register a table or text check under its rule name."""
+
     def deco(fn):
         CHECKS[name] = fn
         return fn
+
     return deco
 
 
-def _run_check(name: str, v: "_Verdict", *args) -> None:
+def _run_check(name: str, v: _Verdict, *args) -> None:
     try:
         CHECKS[name](*args, v)
     except Exception as e:  # noqa: BLE001 - a check that cannot decide says review
-        v.add(name, "review", f"the {name} check could not decide ({type(e).__name__}: {e}); look at it yourself")
+        v.add(
+            name,
+            "review",
+            f"the {name} check could not decide ({type(e).__name__}: {e}); look at it yourself",
+        )
 
 
 def _mask(value: str) -> str:
@@ -258,8 +305,11 @@ def _table(rows: list[list[str]], rules: OutputRules, input_records: int | None)
     header = [h.strip() for h in rows[0]]
     body = [r + [""] * (len(header) - len(r)) for r in rows[1:]]
     cols = {i: [r[i].strip() for r in body] for i in range(len(header))}
-    numeric = {i for i, vals in cols.items()
-               if any(NUMBER.match(x) for x in vals) and all(NUMBER.match(x) or SUPPRESSED.match(x) for x in vals)}
+    numeric = {
+        i
+        for i, vals in cols.items()
+        if any(NUMBER.match(x) for x in vals) and all(NUMBER.match(x) or SUPPRESSED.match(x) for x in vals)
+    }
     categorical = [i for i in cols if i not in numeric]
     counts = []
     for i in numeric:
@@ -275,7 +325,7 @@ def _table(rows: list[list[str]], rules: OutputRules, input_records: int | None)
 
 @check("identifier-column")
 def _identifier_columns(t: Table, rules: OutputRules, v: _Verdict) -> None:
-    for i, name in enumerate(t.header):
+    for name in t.header:
         if name and _matches(name, rules.id_column_patterns):
             v.add("identifier-column", "fail", f"column {name!r} looks like an identifier (by its name)")
 
@@ -290,9 +340,12 @@ def _identifier_values(t: Table, rules: OutputRules, v: _Verdict) -> None:
             rx = rules.shape(what)
             hits = [x for x in values if rx.match(x)]
             if len(hits) / len(values) >= rules.id_ratio:
-                v.add("identifier-values", "fail",
-                      f"column {t.name(i)!r}: {len(hits)} of {len(values)} values look like {what}s "
-                      f"(e.g. {_mask(hits[0])})")
+                v.add(
+                    "identifier-values",
+                    "fail",
+                    f"column {t.name(i)!r}: {len(hits)} of {len(values)} values look like {what}s "
+                    f"(e.g. {_mask(hits[0])})",
+                )
                 break
 
 
@@ -311,16 +364,30 @@ def _small_counts(t: Table, rules: OutputRules, v: _Verdict) -> None:
 @check("dominance")
 def _dominance(t: Table, rules: OutputRules, v: _Verdict) -> None:
     stats = [i for i in t.numeric if i not in t.counts and _matches(t.header[i], rules.magnitude_patterns)]
-    for i in [i for i in stats if not _matches(t.header[i], NON_ADDITIVE)]:  # averages and shares have no total
-        data = [float(t.cols[i][r]) for r in range(len(t.body)) if r not in t.margins and NUMBER.match(t.cols[i][r])]
+    for i in [
+        i for i in stats if not _matches(t.header[i], NON_ADDITIVE)
+    ]:  # averages and shares have no total
+        data = [
+            float(t.cols[i][r])
+            for r in range(len(t.body))
+            if r not in t.margins and NUMBER.match(t.cols[i][r])
+        ]
         total = sum(data)
         if len(data) > rules.dominance_n and min(data) >= 0 and total > 0:
-            top = sum(sorted(data, reverse=True)[:rules.dominance_n])
+            top = sum(sorted(data, reverse=True)[: rules.dominance_n])
             if top / total > rules.dominance_k:
-                v.add("dominance", "review", f"dominance in column {t.header[i]!r}: the {rules.dominance_n} largest "
-                      f"cells hold {top / total:.0%} of the total (threshold {rules.dominance_k:.0%})")
+                v.add(
+                    "dominance",
+                    "review",
+                    f"dominance in column {t.header[i]!r}: the {rules.dominance_n} largest "
+                    f"cells hold {top / total:.0%} of the total (threshold {rules.dominance_k:.0%})",
+                )
     if stats and not t.counts and t.categorical:
-        v.add("group-sizes", "review", "statistics by group without a count column: group sizes cannot be checked")
+        v.add(
+            "group-sizes",
+            "review",
+            "statistics by group without a count column: group sizes cannot be checked",
+        )
 
 
 @check("unaggregated")
@@ -328,8 +395,12 @@ def _unaggregated(t: Table, rules: OutputRules, v: _Verdict) -> None:
     """Rows that are records, not cells."""
     rows = len(t.body)
     if t.input_records and rows >= rules.record_rows_min and rows == t.input_records:
-        v.add("record-rows", "fail", f"the table has {rows} rows, exactly as many as the input data has "
-              "records: it looks like the data itself, not a summary of it")
+        v.add(
+            "record-rows",
+            "fail",
+            f"the table has {rows} rows, exactly as many as the input data has "
+            "records: it looks like the data itself, not a summary of it",
+        )
     rownames = {i for i in t.cols if _is_rownames(t.header[i], t.cols[i])}
     if rows >= rules.unaggregated_min_rows:
         for i, vals in t.cols.items():
@@ -337,8 +408,12 @@ def _unaggregated(t: Table, rules: OutputRules, v: _Verdict) -> None:
                 continue
             distinct = len(set(vals))
             if distinct / rows >= rules.high_cardinality_ratio:
-                v.add("high-cardinality", "review", f"{rows} rows and column {t.name(i)!r} has {distinct} distinct "
-                      f"values ({distinct / rows:.0%}): rows that look like records, not aggregates")
+                v.add(
+                    "high-cardinality",
+                    "review",
+                    f"{rows} rows and column {t.name(i)!r} has {distinct} distinct "
+                    f"values ({distinct / rows:.0%}): rows that look like records, not aggregates",
+                )
                 break
     if rows >= rules.distinct_integers_min_rows:
         for i in sorted(t.numeric - rownames):
@@ -347,11 +422,19 @@ def _unaggregated(t: Table, rules: OutputRules, v: _Verdict) -> None:
                 continue
             distinct = len(set(vals))
             if distinct / rows >= rules.distinct_integers_ratio:
-                v.add("distinct-integers", "review", f"integer column {t.name(i)!r} has {distinct} distinct values "
-                      f"in {rows} rows: an identifier or an individual measurement, not a count")
+                v.add(
+                    "distinct-integers",
+                    "review",
+                    f"integer column {t.name(i)!r} has {distinct} distinct values "
+                    f"in {rows} rows: an identifier or an individual measurement, not a count",
+                )
     if not t.categorical and not t.counts and rows >= 2:
-        v.add("no-categories", "review", f"{rows} rows of numbers with neither a category nor a count column: "
-              "the checks cannot tell aggregates from records")
+        v.add(
+            "no-categories",
+            "review",
+            f"{rows} rows of numbers with neither a category nor a count column: "
+            "the checks cannot tell aggregates from records",
+        )
 
 
 def _is_rownames(name: str, values: list[str]) -> bool:
@@ -376,8 +459,9 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
-def _check_file(root: Path, rel: str, rules: OutputRules, released: frozenset,
-                input_records: int | None) -> FileVerdict:
+def _check_file(
+    root: Path, rel: str, rules: OutputRules, released: frozenset, input_records: int | None
+) -> FileVerdict:
     path = root / rel
     v = _Verdict(rules.severities)
     h, size, head = hashlib.sha256(), 0, b""
@@ -395,8 +479,11 @@ def _check_file(root: Path, rel: str, rules: OutputRules, released: frozenset,
     if digest in released:
         v.add("re-release", "review", "identical to an already released file")
     if suffix not in rules.allowed_suffixes:
-        v.add("file-type", "fail",
-              f"file type {suffix or '(none)'} is not allowed; allowed: {', '.join(rules.allowed_suffixes)}")
+        v.add(
+            "file-type",
+            "fail",
+            f"file type {suffix or '(none)'} is not allowed; allowed: {', '.join(rules.allowed_suffixes)}",
+        )
         return fv()
     if size > rules.max_file_bytes:
         v.add("file-size", "fail", f"{size} bytes is more than the limit of {rules.max_file_bytes}")
@@ -443,7 +530,11 @@ def _check_csv(text: str, suffix: str, rules: OutputRules, v: _Verdict, input_re
     try:
         table = _table(rows, rules, input_records)
     except Exception as e:  # noqa: BLE001 - cannot decide: review
-        v.add("table-format", "review", f"the table could not be analysed ({type(e).__name__}); look at it yourself")
+        v.add(
+            "table-format",
+            "review",
+            f"the table could not be analysed ({type(e).__name__}); look at it yourself",
+        )
         return
     for name in TABLE_CHECKS:
         _run_check(name, v, table, rules)
@@ -460,11 +551,17 @@ def _check_free_text(text: str, rules: OutputRules, v: _Verdict) -> None:
         if not hits:
             continue
         if what in BARE_ID_SHAPES and len(hits) < rules.text_bare_ids_fail:
-            v.add("identifier-values", "review", f"contains {len(hits)} number(s) shaped like {what}s "
-                  f"(e.g. {_mask(hits[0])})")
+            v.add(
+                "identifier-values",
+                "review",
+                f"contains {len(hits)} number(s) shaped like {what}s (e.g. {_mask(hits[0])})",
+            )
         else:
-            v.add("identifier-values", "fail", f"contains {len(hits)} value(s) that look like an {what} "
-                  f"(e.g. {_mask(hits[0])})")
+            v.add(
+                "identifier-values",
+                "fail",
+                f"contains {len(hits)} value(s) that look like an {what} (e.g. {_mask(hits[0])})",
+            )
     v.add("free-text", "review", "free text: counts in it cannot be checked automatically")
 
 
@@ -476,28 +573,49 @@ def _walk(root: Path) -> tuple[list[str], list[FileVerdict]]:
             p = Path(dirpath, name)
             rel = p.relative_to(root).as_posix()
             if p.is_symlink():
-                refused.append(FileVerdict(rel, "", 0, "fail", ["a symbolic link cannot be released"],
-                                           [Finding("link", "fail", "a symbolic link cannot be released")]))
+                refused.append(
+                    FileVerdict(
+                        rel,
+                        "",
+                        0,
+                        "fail",
+                        ["a symbolic link cannot be released"],
+                        [Finding("link", "fail", "a symbolic link cannot be released")],
+                    )
+                )
                 if name in dirnames:
                     dirnames.remove(name)
             elif name in filenames:
                 if p.is_file():
                     files.append(rel)
                 else:
-                    refused.append(FileVerdict(rel, "", 0, "fail", ["not a regular file"],
-                                               [Finding("special-file", "fail", "not a regular file")]))
+                    refused.append(
+                        FileVerdict(
+                            rel,
+                            "",
+                            0,
+                            "fail",
+                            ["not a regular file"],
+                            [Finding("special-file", "fail", "not a regular file")],
+                        )
+                    )
     return sorted(files), refused
 
 
-def check_outputs_sync(output_dir, rules: OutputRules = OutputRules(), released_sha256=frozenset(),
-                       input_records: int | None = None) -> OutputReport:
+def check_outputs_sync(
+    output_dir,
+    rules: OutputRules = DEFAULT_RULES,
+    released_sha256=frozenset(),
+    input_records: int | None = None,
+) -> OutputReport:
     """Blocking body of :func:`check_outputs`."""
     root = Path(output_dir)
     if not root.is_dir():
         return OutputReport("fail", [], ["the run produced no output folder"])
     files, refused = _walk(root)
-    verdicts = refused + [_check_file(root, rel, rules, frozenset(released_sha256), input_records)
-                          for rel in files]
+    verdicts = refused + [
+        _check_file(root, rel, rules, frozenset(released_sha256), input_records) for rel in files
+    ]
     verdicts.sort(key=lambda f: f.path)
     if not verdicts:
         return OutputReport("fail", [], ["the output folder is empty: the run wrote no results to output/"])
@@ -505,13 +623,19 @@ def check_outputs_sync(output_dir, rules: OutputRules = OutputRules(), released_
     worst = max((f.verdict for f in verdicts), key=ORDER.__getitem__)
     if len(verdicts) > rules.max_files:
         worst = "fail"
-        reasons.append(f"{len(verdicts)} files: more than the {rules.max_files} a reviewer is shown; "
-                       "combine the results into fewer files")
+        reasons.append(
+            f"{len(verdicts)} files: more than the {rules.max_files} a reviewer is shown; "
+            "combine the results into fewer files"
+        )
     return OutputReport(worst, verdicts, reasons)
 
 
-async def check_outputs(output_dir, rules: OutputRules = OutputRules(), released_sha256=frozenset(),
-                        input_records: int | None = None) -> OutputReport:
+async def check_outputs(
+    output_dir,
+    rules: OutputRules = DEFAULT_RULES,
+    released_sha256=frozenset(),
+    input_records: int | None = None,
+) -> OutputReport:
     """Check every file under ``output_dir`` (in a worker thread). ``input_records``: how many
     records the run's input data held (a table with that many rows is the data itself)."""
     return await asyncio.to_thread(check_outputs_sync, output_dir, rules, released_sha256, input_records)

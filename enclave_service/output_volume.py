@@ -12,6 +12,7 @@ The mount needs root (the service runs as root where podman is rootful). Where m
 possible the volume is a plain folder and the limits are only checked after the run (said in the
 service log at start-up); ``enforce`` makes that an error instead.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,14 +25,14 @@ from pathlib import Path
 from . import proc
 
 log = logging.getLogger("enclave.output")
-FULL_MARGIN = 1 << 20          # less free space than this counts as "full"
+FULL_MARGIN = 1 << 20  # less free space than this counts as "full"
 RUN_UID = RUN_GID = 1010
 
 
 @dataclass
 class OutputLimits:
-    max_bytes: int = 256 * 2**20      # all of output/ together
-    max_files: int = 1000             # files and folders in output/
+    max_bytes: int = 256 * 2**20  # all of output/ together
+    max_files: int = 1000  # files and folders in output/
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Usage:
     files: int
     full_bytes: bool
     full_files: bool
-    cut: list[str]                    # files that reached the per-file size limit
+    cut: list[str]  # files that reached the per-file size limit
 
 
 class OutputVolumeError(RuntimeError):
@@ -99,8 +100,10 @@ class OutputVolume:
             if self.enforce:
                 raise OutputVolumeError("the output volume cannot be mounted (the service is not root)")
             return False
-        opts = (f"size={self.limits.max_bytes},nr_inodes={self.limits.max_files + 1},mode=0700,"
-                f"uid={RUN_UID},gid={RUN_GID},noexec,nosuid,nodev")
+        opts = (
+            f"size={self.limits.max_bytes},nr_inodes={self.limits.max_files + 1},mode=0700,"
+            f"uid={RUN_UID},gid={RUN_GID},noexec,nosuid,nodev"
+        )
         rc, _, err = await proc.run(["mount", "-t", "tmpfs", "-o", opts, "enclave-output", str(path)], 30)
         if rc != 0:
             msg = err.decode(errors="replace").strip()
@@ -124,13 +127,17 @@ class OutputVolume:
     def over_limit_words(self, usage: Usage) -> str:
         """Why the run fails, or '' when the volume is within its limits."""
         if usage.full_bytes:
-            return (f"output/ reached its limit of {self.limits.max_bytes // 2**20} MiB "
-                    f"({usage.bytes} bytes written); write aggregates, not data")
+            return (
+                f"output/ reached its limit of {self.limits.max_bytes // 2**20} MiB "
+                f"({usage.bytes} bytes written); write aggregates, not data"
+            )
         if usage.full_files:
             return f"output/ reached its limit of {self.limits.max_files} files and folders"
         if usage.cut:
-            return (f"{', '.join(usage.cut[:3])} reached the per-file size limit and was cut short "
-                    "(file size limit exceeded); the file is incomplete")
+            return (
+                f"{', '.join(usage.cut[:3])} reached the per-file size limit and was cut short "
+                "(file size limit exceeded); the file is incomplete"
+            )
         return ""
 
     async def persist(self, path: Path, dest: Path) -> None:
@@ -145,6 +152,7 @@ class OutputVolume:
                     shutil.rmtree(p)
             shutil.copytree(path, partial, symlinks=True)
             os.replace(partial, dest)
+
         await asyncio.to_thread(copy)
         await self.discard(path)
 

@@ -1,6 +1,7 @@
 """The enclave's pages: a researcher's runs and a run's timeline; the reviewers' queue and the
 review page with a preview of the outputs. Everything shown is escaped by the templates
 (tornado's autoescape), CSV cells included. Forms carry the hub's XSRF token."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,6 +23,7 @@ PREVIEW_BYTES = 64 * 1024
 
 def fmt_time(t: float | None) -> str:
     import time
+
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else ""
 
 
@@ -40,14 +42,16 @@ class PageHandler(BaseHandler):
         return c
 
     def render_page(self, template: str, **kw):
-        self.render(template, prefix=self.service.prefix, fmt_time=fmt_time, json=json,
-                    caller=kw.pop("caller"), **kw)
+        self.render(
+            template, prefix=self.service.prefix, fmt_time=fmt_time, json=json, caller=kw.pop("caller"), **kw
+        )
 
     def write_error(self, status_code, **kwargs):
         message = self.error_message(kwargs)
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(self.render_string("error.html", status=status_code, message=message,
-                                       prefix=self.service.prefix))
+        self.finish(
+            self.render_string("error.html", status=status_code, message=message, prefix=self.service.prefix)
+        )
 
 
 class HomePage(PageHandler):
@@ -57,8 +61,14 @@ class HomePage(PageHandler):
         runs = [run_summary(r) for r in await self.db.run(my_runs, caller.name)]
         can_submit = bool(self.service.config.workspaces_root)
         analyses = await self.my_analyses(caller) if can_submit else []
-        self.render_page("index.html", caller=caller, runs=runs, can_submit=can_submit,
-                         analyses=analyses, chosen=self.get_argument("analysis", ""))
+        self.render_page(
+            "index.html",
+            caller=caller,
+            runs=runs,
+            can_submit=can_submit,
+            analyses=analyses,
+            chosen=self.get_argument("analysis", ""),
+        )
 
     async def my_analyses(self, caller) -> list[dict]:
         """The caller's analyses as Kinetic lists them, for the submit form (empty if Kinetic is down:
@@ -75,8 +85,9 @@ class HomePage(PageHandler):
     async def post(self):
         """Submit from the page (local backend: the service snapshots the workspace)."""
         caller = await self.require_page_caller()
-        run = await self.submit(caller, self.get_body_argument("analysis_id", ""),
-                                self.get_body_argument("message", ""), None)
+        run = await self.submit(
+            caller, self.get_body_argument("analysis_id", ""), self.get_body_argument("message", ""), None
+        )
         self.redirect(f"{self.service.prefix}runs/{run.id}")
 
 
@@ -84,7 +95,9 @@ class RunPage(PageHandler):
     async def get(self, run_id):
         caller = await self.require_page_caller()
         run, events, reviews, role = await self.access(run_id, caller)
-        detail = run_detail(run, events, reviews, role, caller, self.service.config.show_run_logs_to_researchers)
+        detail = run_detail(
+            run, events, reviews, role, caller, self.service.config.show_run_logs_to_researchers
+        )
         withdrawable = role == "author" and run.state in WITHDRAWABLE
         self.render_page("run.html", caller=caller, run=detail, withdrawable=withdrawable)
 
@@ -104,15 +117,27 @@ class QueuePage(PageHandler):
             raise web.HTTPError(403, "the review queue is for output reviewers")
 
         def q(session):
-            mine = {r.run_id: r.decision for r in session.query(Review).filter(Review.reviewer == caller.name)}
-            recent = [RunRecord.of(r) for r in session.query(Run).join(Review, Review.run_id == Run.id)
-                      .filter(Review.reviewer == caller.name, Run.state != State.IN_REVIEW.value)
-                      .order_by(Run.updated.desc()).limit(50)]
+            mine = {
+                r.run_id: r.decision for r in session.query(Review).filter(Review.reviewer == caller.name)
+            }
+            recent = [
+                RunRecord.of(r)
+                for r in session.query(Run)
+                .join(Review, Review.run_id == Run.id)
+                .filter(Review.reviewer == caller.name, Run.state != State.IN_REVIEW.value)
+                .order_by(Run.updated.desc())
+                .limit(50)
+            ]
             return review_queue(session, caller.name), mine, recent
+
         runs, mine, recent = await self.db.run(q)
         queue = [dict(run_summary(r), my_decision=mine.get(r.id)) for r in runs]
-        self.render_page("queue.html", caller=caller, queue=queue,
-                         recent=[dict(run_summary(r), my_decision=mine.get(r.id)) for r in recent])
+        self.render_page(
+            "queue.html",
+            caller=caller,
+            queue=queue,
+            recent=[dict(run_summary(r), my_decision=mine.get(r.id)) for r in recent],
+        )
 
 
 def preview_file(path: Path, rel: str) -> dict:
@@ -156,14 +181,20 @@ class ReviewPage(PageHandler):
         manifest = (detail["output_report"] or {}).get("manifest") or {}
         outdir = self.pipeline.output_dir(run_id)
         previews = await asyncio.to_thread(
-            lambda: [preview_file(outdir / rel, rel) for rel in sorted(manifest)])
+            lambda: [preview_file(outdir / rel, rel) for rel in sorted(manifest)]
+        )
         can_review = run.state == State.IN_REVIEW and detail["review"]["mine"] is None
         self.render_page("review.html", caller=caller, run=detail, previews=previews, can_review=can_review)
 
     async def post(self, run_id):
         caller = await self.require_page_caller()
-        await self.runs.review(run_id, caller.name, caller.reviewer, self.get_body_argument("decision", ""),
-                               self.get_body_argument("comment", ""))
+        await self.runs.review(
+            run_id,
+            caller.name,
+            caller.reviewer,
+            self.get_body_argument("decision", ""),
+            self.get_body_argument("comment", ""),
+        )
         self.redirect(f"{self.service.prefix}review/{run_id}")
 
 

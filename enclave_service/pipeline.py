@@ -10,6 +10,7 @@ starts from an empty folder, image builds are content-addressed, the runner is k
 the release is rebuilt from the checked outputs). So after a crash or a restart the service simply
 calls the step of the state each run is in (:meth:`Pipeline.resume_all`). Each step has a time limit.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,12 +33,12 @@ __all__ = ["Pipeline", "Step", "StepFailed"]
 
 @dataclasses.dataclass
 class Step:
-    name: str            # for logs and time-limit messages
-    source: State        # the state the run must be in
-    target: State        # the state after success
-    failed: State        # the state after failure
-    limit: float         # seconds
-    doing: str           # words for "while <doing>"
+    name: str  # for logs and time-limit messages
+    source: State  # the state the run must be in
+    target: State  # the state after success
+    failed: State  # the state after failure
+    limit: float  # seconds
+    doing: str  # words for "while <doing>"
 
 
 def _cutoff_from_main_r(project: Path) -> str:
@@ -62,20 +63,40 @@ def _count_records(data: Path) -> int:
 
 
 class Pipeline:
-    def __init__(self, *, db: Database, runs_dir: Path, kinetic, runner, mailer, public_url: str,
-                 service_prefix: str = "/services/enclave/", limits: dict | None = None,
-                 archive_limits=None, run_limits=None, output_rules=None, code_rules=None,
-                 output_volume=None, max_parallel: int = 2,
-                 ensure_base_image=None, build_image=None, run_command=None, remove_image=None,
-                 retention_days: float = 30, release_retention_days: float = 90, metrics=None):
+    def __init__(
+        self,
+        *,
+        db: Database,
+        runs_dir: Path,
+        kinetic,
+        runner,
+        mailer,
+        public_url: str,
+        service_prefix: str = "/services/enclave/",
+        limits: dict | None = None,
+        archive_limits=None,
+        run_limits=None,
+        output_rules=None,
+        code_rules=None,
+        output_volume=None,
+        max_parallel: int = 2,
+        ensure_base_image=None,
+        build_image=None,
+        run_command=None,
+        remove_image=None,
+        retention_days: float = 30,
+        release_retention_days: float = 90,
+        metrics=None,
+    ):
         from . import retention
         from .output_volume import OutputVolume
+
         self.db = db
-        self.runs = Runs(db, kinetic, metrics)     # the owner of every state change (and its counts)
+        self.runs = Runs(db, kinetic, metrics)  # the owner of every state change (and its counts)
         self.metrics = self.runs.metrics
         self.runs.driver = self
         self.runs_dir = Path(runs_dir)
-        self.kinetic = kinetic          # KineticSync (the real-data client is kinetic.client)
+        self.kinetic = kinetic  # KineticSync (the real-data client is kinetic.client)
         self.runner = runner
         self.mailer = mailer
         self.public_url = public_url.rstrip("/")
@@ -89,30 +110,73 @@ class Pipeline:
         self._ensure_base_image = ensure_base_image
         self._build_image = build_image
         self.remove_image = remove_image or retention.default_remove_image
-        self.image_guard = retention.ImageGuard()   # builds vs. removal of a shared image
+        self.image_guard = retention.ImageGuard()  # builds vs. removal of a shared image
         self.retention_days = retention_days
         self.release_retention_days = release_retention_days
         self.janitor_task: asyncio.Task | None = None
         run_wall = getattr(run_limits, "wall_seconds", 3600)
         # The runner stops the container at its wall-clock limit; the step's limit adds a margin
         # for image start, log collection and clean-up.
-        self.limits = {"archive": 120, "code": 120, "build": 1800, "run": run_wall + 300,
-                       "outputs": 300, "review": 60, "release": 300, **(limits or {})}
+        self.limits = {
+            "archive": 120,
+            "code": 120,
+            "build": 1800,
+            "run": run_wall + 300,
+            "outputs": 300,
+            "review": 60,
+            "release": 300,
+            **(limits or {}),
+        }
         self.steps = [
-            Step("archive", State.SUBMITTED, State.ARCHIVED, State.FAILED_ARCHIVED,
-                 self.limits["archive"], "unpacking the code archive"),
-            Step("code", State.ARCHIVED, State.CODE_CHECKED, State.FAILED_CODE_CHECKED,
-                 self.limits["code"], "checking the code"),
-            Step("build", State.CODE_CHECKED, State.BUILT, State.FAILED_BUILT,
-                 self.limits["build"], "building the image and staging the data"),
-            Step("run", State.BUILT, State.RAN, State.FAILED_RAN,
-                 self.limits["run"], "running the analysis"),
-            Step("outputs", State.RAN, State.OUTPUTS_CHECKED, State.FAILED_OUTPUTS_CHECKED,
-                 self.limits["outputs"], "checking the outputs"),
-            Step("review", State.OUTPUTS_CHECKED, State.IN_REVIEW, State.FAILED_OUTPUTS_CHECKED,
-                 self.limits["review"], "asking for review"),
-            Step("release", State.APPROVED, State.RELEASED, State.FAILED_RELEASED,
-                 self.limits["release"], "packaging the release"),
+            Step(
+                "archive",
+                State.SUBMITTED,
+                State.ARCHIVED,
+                State.FAILED_ARCHIVED,
+                self.limits["archive"],
+                "unpacking the code archive",
+            ),
+            Step(
+                "code",
+                State.ARCHIVED,
+                State.CODE_CHECKED,
+                State.FAILED_CODE_CHECKED,
+                self.limits["code"],
+                "checking the code",
+            ),
+            Step(
+                "build",
+                State.CODE_CHECKED,
+                State.BUILT,
+                State.FAILED_BUILT,
+                self.limits["build"],
+                "building the image and staging the data",
+            ),
+            Step("run", State.BUILT, State.RAN, State.FAILED_RAN, self.limits["run"], "running the analysis"),
+            Step(
+                "outputs",
+                State.RAN,
+                State.OUTPUTS_CHECKED,
+                State.FAILED_OUTPUTS_CHECKED,
+                self.limits["outputs"],
+                "checking the outputs",
+            ),
+            Step(
+                "review",
+                State.OUTPUTS_CHECKED,
+                State.IN_REVIEW,
+                State.FAILED_OUTPUTS_CHECKED,
+                self.limits["review"],
+                "asking for review",
+            ),
+            Step(
+                "release",
+                State.APPROVED,
+                State.RELEASED,
+                State.FAILED_RELEASED,
+                self.limits["release"],
+                "packaging the release",
+            ),
         ]
         self.by_source = {s.source: s for s in self.steps}
         self.tasks: dict[str, asyncio.Task] = {}
@@ -165,8 +229,13 @@ class Pipeline:
 
         def pending(session):
             q = session.query(Run).filter(Run.state.in_(values(TERMINAL)))
-            return [r.id for r in q if (self.kinetic.enabled and r.kinetic_run_key and not r.kinetic_completed)
-                    or (r.state == State.RELEASED.value and not r.mail_sent)]
+            return [
+                r.id
+                for r in q
+                if (self.kinetic.enabled and r.kinetic_run_key and not r.kinetic_completed)
+                or (r.state == State.RELEASED.value and not r.mail_sent)
+            ]
+
         for run_id in await self.db.run(pending):
             asyncio.create_task(self.finish(run_id))
         await self.reconcile()
@@ -177,8 +246,10 @@ class Pipeline:
         service that are past their run step, and staged real data of such runs. Containers whose
         run id this database does not know are left alone: they may belong to another service
         sharing the engine."""
+
         def states(session):
             return {r.id: r.state for r in session.query(Run.id, Run.state)}
+
         known = await self.db.run(states)
         needs_data = set(values(NEEDS_DATA))
         if self.runner is not None:
@@ -201,11 +272,13 @@ class Pipeline:
         """Delete the archives, outputs and (later) release zips of runs finished long ago; see
         :mod:`enclave_service.retention`. The database rows stay as the audit trail."""
         from .retention import prune
+
         return await prune(self, now)
 
     def start_janitor(self, interval: float) -> asyncio.Task:
         """Prune now and every ``interval`` seconds in the background."""
         from .retention import janitor
+
         if self.janitor_task is None or self.janitor_task.done():
             self.janitor_task = asyncio.create_task(janitor(self, interval), name="enclave-janitor")
         return self.janitor_task
@@ -227,7 +300,7 @@ class Pipeline:
                     return
                 state = run.state
                 step = self.by_source.get(state)
-                if step is None:   # terminal, or waiting for people
+                if step is None:  # terminal, or waiting for people
                     if state.terminal:
                         await self.finish(run_id)
                     return
@@ -244,8 +317,11 @@ class Pipeline:
             message = await asyncio.wait_for(fn(run), timeout=step.limit)
             target = step.target
             failure = ""
-        except asyncio.TimeoutError:
-            target, failure = step.failed, f"{step.doing.capitalize()} took longer than the limit of {step.limit:g} s."
+        except TimeoutError:
+            target, failure = (
+                step.failed,
+                f"{step.doing.capitalize()} took longer than the limit of {step.limit:g} s.",
+            )
             message = failure
             await self._on_timeout(step, run)
         except StepFailed as e:
@@ -256,9 +332,18 @@ class Pipeline:
         except Exception as e:  # a bug or an unexpected error: say so in words, keep the trace in the log
             log.exception("run %s: step %s crashed", run_id, step.name)
             target = step.failed
-            failure = message = f"The enclave service hit an unexpected error while {step.doing}: {type(e).__name__}: {e}"
-        moved = await self.runs.transition(run_id, step.source, target, message, failure=failure,
-                                           step=step.name, seconds=time.monotonic() - started)
+            failure = message = (
+                f"The enclave service hit an unexpected error while {step.doing}: {type(e).__name__}: {e}"
+            )
+        moved = await self.runs.transition(
+            run_id,
+            step.source,
+            target,
+            message,
+            failure=failure,
+            step=step.name,
+            seconds=time.monotonic() - started,
+        )
         if step.name == "run":
             # Only once the outcome is recorded: a crash before this point re-runs the step,
             # which needs the container (to re-attach) or the data (to run again).
@@ -290,22 +375,27 @@ class Pipeline:
         (sha256, bytes). On any failure the run's folder is removed again."""
         import hashlib
         import os
+
         from .archive import ArchiveError, create_archive
+
         run_dir = self.run_dir(run_id)
         run_dir.mkdir(parents=True)
         dest = self.archive_path(run_id)
         try:
             if isinstance(archive, bytes):
+
                 def write():
                     tmp = dest.with_suffix(".partial")
                     tmp.write_bytes(archive)
                     os.replace(tmp, dest)
                     return hashlib.sha256(archive).hexdigest(), len(archive)
+
                 return await asyncio.to_thread(write)
             try:
                 info = await create_archive(archive, dest)
             except ArchiveError as e:
                 from .states import RunError
+
                 raise RunError(400, f"the workspace could not be archived: {e}") from None
             return info.sha256, info.bytes
         except BaseException:
@@ -330,19 +420,28 @@ class Pipeline:
     # -- the steps ----------------------------------------------------------------------------
     async def step_archive(self, run: RunRecord) -> str:
         from .archive import ArchiveError, ArchiveLimits, extract_archive
+
         run_id = run.id
         if self.kinetic.enabled and not run.kinetic_run_key:
             created = await self.kinetic.create_run(run.analysis_id, run.message)
             key = created.get("api_key", "")
-            await self.update(run_id, kinetic_run_key=key, kinetic_run_id=str(created.get("id", "")),
-                              analysis_api_key=run.analysis_api_key or created.get("analysis_api_key", ""))
+            await self.update(
+                run_id,
+                kinetic_run_key=key,
+                kinetic_run_id=str(created.get("id", "")),
+                analysis_api_key=run.analysis_api_key or created.get("analysis_api_key", ""),
+            )
             run.kinetic_run_key = key
-            await self.kinetic.log(key, State.SUBMITTED, "info", f"Enclave run {run_id} submitted: {run.message}")
+            await self.kinetic.log(
+                key, State.SUBMITTED, "info", f"Enclave run {run_id} submitted: {run.message}"
+            )
         code = self.code_dir(run_id)
         if code.exists():
             await asyncio.to_thread(shutil.rmtree, code)
         try:
-            info = await extract_archive(self.archive_path(run_id), code, self.archive_limits or ArchiveLimits())
+            info = await extract_archive(
+                self.archive_path(run_id), code, self.archive_limits or ArchiveLimits()
+            )
         except ArchiveError as e:
             raise StepFailed(f"The code archive was refused: {e}") from None
         except FileNotFoundError:
@@ -353,24 +452,28 @@ class Pipeline:
 
     async def step_code(self, run: RunRecord) -> str:
         from .code_checks import check_code
+
         report = await check_code(self.code_dir(run.id) / "kinetic", self.code_rules)
         await self.update(run.id, code_report=report.to_dict())
         findings = len(getattr(report, "findings", []) or [])
         if report.verdict == "fail":
-            raise StepFailed(f"The code checks refused the analysis ({findings} finding(s)); see the code report.")
+            raise StepFailed(
+                f"The code checks refused the analysis ({findings} finding(s)); see the code report."
+            )
         if report.verdict == "review":
             return f"Code checks passed with {findings} finding(s) for the reviewers to look at."
         return "Code checks passed."
 
     async def step_build(self, run: RunRecord) -> str:
         from . import images
+
         run_id = run.id
         ensure = self._ensure_base_image or images.ensure_base_image
         build = self._build_image or images.build_analysis_image
         async with self._base_lock:
             if self.base_image is None:
                 self.base_image = await ensure()
-        async with self.image_guard:   # a finished run sharing the tag cannot remove it meanwhile
+        async with self.image_guard:  # a finished run sharing the tag cannot remove it meanwhile
             try:
                 tag = await build(self.code_dir(run_id), self.base_image)
             except Exception as e:
@@ -392,6 +495,7 @@ class Pipeline:
             raise StepFailed("The analysis key is unknown, so the real data cannot be fetched.")
         cutoff = _cutoff_from_main_r(self.code_dir(run_id) / "kinetic")
         from kinetic_auth.kinetic import KineticError
+
         try:
             reply = await self.kinetic.client.responses(api_key, cutoff, real=True)
             if reply.get("status") != "complete":
@@ -418,10 +522,16 @@ class Pipeline:
 
     def make_job(self, run_id: str, image: str):
         from .runners import RunJob, RunLimits
+
         fields = {f.name for f in dataclasses.fields(RunJob)}
-        kwargs = dict(run_id=run_id, image=image, code_dir=self.code_dir(run_id),
-                      data_dir=self.data_dir(run_id), output_dir=self.volume_dir(run_id),
-                      limits=self.run_limits or RunLimits())
+        kwargs = dict(
+            run_id=run_id,
+            image=image,
+            code_dir=self.code_dir(run_id),
+            data_dir=self.data_dir(run_id),
+            output_dir=self.volume_dir(run_id),
+            limits=self.run_limits or RunLimits(),
+        )
         if self.run_command and "command" in fields:
             kwargs["command"] = self.run_command
         return RunJob(**{k: v for k, v in kwargs.items() if k in fields})
@@ -437,15 +547,15 @@ class Pipeline:
         try:
             await self.runner.prepare(job)
             await self.runner.execute(job)
-            result = await self.runner.wait(job)   # wait() ends with finalize(): exit code, logs
+            result = await self.runner.wait(job)  # wait() ends with finalize(): exit code, logs
         except asyncio.CancelledError:
-            raise   # service stopping: leave the container; the next start re-attaches
+            raise  # service stopping: leave the container; the next start re-attaches
         except StepFailed:
             raise
         except Exception as e:
             log.exception("run %s: runner error", run_id)
             raise StepFailed(f"The runner could not run the analysis: {e}") from None
-        logs = result.logs or ""   # already truncated by the runner (head + tail)
+        logs = result.logs or ""  # already truncated by the runner (head + tail)
         await self.update(run_id, logs=logs, exit_code=result.exit_code)
         # The limits first: a run that filled output/ or was cut at the file size limit may well
         # have exited 0 (R warns and goes on), and its outputs are incomplete either way.
@@ -465,6 +575,7 @@ class Pipeline:
         state, its code folder and its image go too (the image only when no unfinished run shares
         it). Idempotent; failures are logged, never raised."""
         from .retention import cleanup_finished
+
         try:
             current = await self.load(run.id) or run
         except Exception:
@@ -493,25 +604,37 @@ class Pipeline:
     async def released_hashes(self, analysis_id: str) -> frozenset:
         def q(session):
             out = set()
-            rows = session.query(dbm.Release).join(Run, Run.id == dbm.Release.run_id)\
+            rows = (
+                session.query(dbm.Release)
+                .join(Run, Run.id == dbm.Release.run_id)
                 .filter(Run.analysis_id == analysis_id)
+            )
             for rel in rows:
                 out.update((rel.manifest or {}).values())
             return frozenset(out)
+
         return await self.db.run(q)
 
     async def step_outputs(self, run: RunRecord) -> str:
         from .output_checks import OutputRules, check_outputs
+
         run_id = run.id
         released = await self.released_hashes(run.analysis_id)
-        report = await check_outputs(self.output_dir(run_id), self.output_rules or OutputRules(),
-                                     released_sha256=released, input_records=run.input_records)
+        report = await check_outputs(
+            self.output_dir(run_id),
+            self.output_rules or OutputRules(),
+            released_sha256=released,
+            input_records=run.input_records,
+        )
         await self.update(run_id, output_report=report.to_dict())
         files = getattr(report, "files", [])
         if report.verdict == "fail":
             bad = [f.path for f in files if f.verdict == "fail"]
-            raise StepFailed("The output checks refused " + (", ".join(bad[:5]) or "the outputs")
-                             + "; see the output report.")
+            raise StepFailed(
+                "The output checks refused "
+                + (", ".join(bad[:5]) or "the outputs")
+                + "; see the output report."
+            )
         if not report.manifest:
             raise StepFailed("The analysis wrote no output files (nothing in output/).")
         return f"Output checks: {report.verdict}, {len(report.manifest)} file(s)."
@@ -521,6 +644,7 @@ class Pipeline:
 
     async def step_release(self, run: RunRecord) -> str:
         from .release import package_release
+
         rel = await package_release(self, run)
         return f"Released {len(rel['manifest'])} file(s), zip sha256 {rel['sha256'][:12]}…"
 
@@ -545,17 +669,26 @@ class Pipeline:
                     data = await asyncio.to_thread(self.release_path(run_id).read_bytes)
                     signed = await self.kinetic.upload(run.kinetic_run_key, data)
                     await self.update(run_id, kinetic_signed_id=signed)
-                await self.kinetic.log(run.kinetic_run_key, state, "info" if status == "success" else "error",
-                                       f"Run finished: {state.message}")
+                await self.kinetic.log(
+                    run.kinetic_run_key,
+                    state,
+                    "info" if status == "success" else "error",
+                    f"Run finished: {state.message}",
+                )
                 await self.kinetic.complete(run.kinetic_run_key, status, signed)
                 await self.update(run_id, kinetic_completed=status)
                 await self.note(run_id, "kinetic", f"Kinetic was told the run finished: {status}.")
             except Exception as e:
                 log.warning("run %s: Kinetic completion failed: %s", run_id, e)
-                await self.note(run_id, "kinetic", f"Kinetic could not be told the outcome yet ({e}); "
-                                "it is retried when the service starts.")
+                await self.note(
+                    run_id,
+                    "kinetic",
+                    f"Kinetic could not be told the outcome yet ({e}); "
+                    "it is retried when the service starts.",
+                )
         if state in (State.RELEASED, State.REJECTED) and not run.mail_sent and self.mailer is not None:
             from .mail import decision_mail
+
             if not run.author_email:
                 await self.note(run_id, "mail", "No e-mail address is known for the author; no mail sent.")
                 await self.update(run_id, mail_sent=True)
@@ -567,5 +700,9 @@ class Pipeline:
                 await self.note(run_id, "mail", "The author was e-mailed a link to this page.")
             except Exception as e:
                 log.warning("run %s: mail failed: %s", run_id, e)
-                await self.note(run_id, "mail", f"The mail to the author could not be sent ({type(e).__name__}); "
-                                "it is retried when the service starts.")
+                await self.note(
+                    run_id,
+                    "mail",
+                    f"The mail to the author could not be sent ({type(e).__name__}); "
+                    "it is retried when the service starts.",
+                )

@@ -5,6 +5,7 @@ that changed since (it should not: the output folder is the service's) stops the
 is deterministic (fixed timestamps, sorted names), written atomically, and rebuilt identically if
 the step runs again after a crash.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,13 @@ def build_zip(output_dir: Path, manifest: dict[str, str], dest: Path) -> tuple[s
                 zf.writestr(info, f.read())
         info = zipfile.ZipInfo("MANIFEST.json", FIXED_DATE)
         info.external_attr = 0o644 << 16
-        zf.writestr(info, json.dumps({"files": {f"output/{k}": v for k, v in sorted(manifest.items())},
-                                      "algorithm": "sha256"}, indent=2))
+        zf.writestr(
+            info,
+            json.dumps(
+                {"files": {f"output/{k}": v for k, v in sorted(manifest.items())}, "algorithm": "sha256"},
+                indent=2,
+            ),
+        )
     os.replace(tmp, dest)
     return _sha256(dest), dest.stat().st_size
 
@@ -62,5 +68,6 @@ async def package_release(pipeline, run) -> dict:
         rel = session.get(dbm.Release, run_id) or dbm.Release(run_id=run_id)
         rel.path, rel.sha256, rel.bytes, rel.manifest = str(dest), sha, size, dict(manifest)
         session.add(rel)
+
     await pipeline.db.run(tx)
     return {"sha256": sha, "bytes": size, "manifest": manifest}

@@ -13,6 +13,7 @@ cleaned up).
 
 Every removal is idempotent, and a failure is logged, never raised: cleaning up must not fail a run.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,7 +31,7 @@ from .states import TERMINAL, State, values
 log = logging.getLogger("enclave.retention")
 DAY = 86400.0
 TERMINAL_VALUES = values(TERMINAL)
-RELEASE_DELETED = "release_deleted"      # event kind: the release zip is gone (download → 410)
+RELEASE_DELETED = "release_deleted"  # event kind: the release zip is gone (download → 410)
 
 
 def days_words(days: float) -> str:
@@ -45,7 +46,7 @@ class ImageGuard:
         self._cond = asyncio.Condition()
         self._builds = 0
 
-    async def __aenter__(self):          # around a build and the recording of its tag
+    async def __aenter__(self):  # around a build and the recording of its tag
         async with self._cond:
             self._builds += 1
 
@@ -63,6 +64,7 @@ class ImageGuard:
 async def default_remove_image(tag: str) -> bool:
     """Remove an analysis image; True when it is gone afterwards."""
     from . import images
+
     await images.remove_image(tag)
     return not await images.image_exists(tag)
 
@@ -81,15 +83,21 @@ def _rmtree(path: Path) -> bool:
 async def remove_run_image(pipeline, run_id: str, tag: str) -> bool:
     """Remove the run's image unless a run that has not finished uses the same tag.
     True when the image is gone (or kept on purpose for another run)."""
+
     def in_use(session):
-        return session.query(Run.id).filter(Run.image == tag, Run.id != run_id,
-                                            Run.state.notin_(TERMINAL_VALUES)).first() is not None
+        return (
+            session.query(Run.id)
+            .filter(Run.image == tag, Run.id != run_id, Run.state.notin_(TERMINAL_VALUES))
+            .first()
+            is not None
+        )
 
     async def check_and_remove():
         if await pipeline.db.run(in_use):
             log.info("run %s: image %s kept, another run still uses it", run_id, tag)
             return True
         return await pipeline.remove_image(tag)
+
     return await pipeline.image_guard.removing(check_and_remove)
 
 
@@ -98,7 +106,7 @@ async def cleanup_finished(pipeline, run_id: str, tag: str) -> None:
     there, the janitor knows this clean-up may not have completed and does it again."""
     try:
         if not await asyncio.to_thread(pipeline.code_dir(run_id).exists):
-            return                # done before (the code folder goes last)
+            return  # done before (the code folder goes last)
         if tag and not await remove_run_image(pipeline, run_id, tag):
             log.warning("run %s: image %s could not be removed yet; retried by the janitor", run_id, tag)
             return
@@ -111,28 +119,43 @@ async def cleanup_finished(pipeline, run_id: str, tag: str) -> None:
 
 def _finished_runs(session) -> list[dict]:
     """Finished runs with the time they reached their final state and, if released, of the release."""
-    ended = (session.query(Event.run_id, func.max(Event.time).label("t"))
-             .join(Run, Run.id == Event.run_id).filter(Event.state == Run.state)
-             .group_by(Event.run_id).subquery())
-    rows = (session.query(Run.id, Run.state, Run.image, Run.updated, ended.c.t, Release.time)
-            .outerjoin(ended, ended.c.run_id == Run.id)
-            .outerjoin(Release, Release.run_id == Run.id)
-            .filter(Run.state.in_(TERMINAL_VALUES)))
-    return [{"id": i, "state": s, "image": img, "ended": t or upd, "released": rel}
-            for i, s, img, upd, t, rel in rows]
+    ended = (
+        session.query(Event.run_id, func.max(Event.time).label("t"))
+        .join(Run, Run.id == Event.run_id)
+        .filter(Event.state == Run.state)
+        .group_by(Event.run_id)
+        .subquery()
+    )
+    rows = (
+        session.query(Run.id, Run.state, Run.image, Run.updated, ended.c.t, Release.time)
+        .outerjoin(ended, ended.c.run_id == Run.id)
+        .outerjoin(Release, Release.run_id == Run.id)
+        .filter(Run.state.in_(TERMINAL_VALUES))
+    )
+    return [
+        {"id": i, "state": s, "image": img, "ended": t or upd, "released": rel}
+        for i, s, img, upd, t, rel in rows
+    ]
 
 
 def _delete_files(run_dir: Path, old: bool, release_old: bool) -> tuple[bool, bool]:
     """(archive/outputs deleted, release zip deleted); removes the run folder once empty."""
     gone = gone_release = False
     if old:
-        for name in ("archive.tar.zst", "output", "output.partial", "code", "data", "data.partial",
-                     "release.partial"):
+        for name in (
+            "archive.tar.zst",
+            "output",
+            "output.partial",
+            "code",
+            "data",
+            "data.partial",
+            "release.partial",
+        ):
             gone = _rmtree(run_dir / name) or gone
     if release_old:
         gone_release = _rmtree(run_dir / "release.zip")
     try:
-        run_dir.rmdir()           # only when nothing is left
+        run_dir.rmdir()  # only when nothing is left
     except OSError:
         pass
     return gone, gone_release
@@ -149,6 +172,7 @@ async def prune(pipeline, now: float | None = None) -> dict:
             return set(), set()
         dirs = {p.name for p in pipeline.runs_dir.iterdir() if p.is_dir()}
         return dirs, {d for d in dirs if (pipeline.runs_dir / d / "code").exists()}
+
     dirs, with_code = await asyncio.to_thread(listing)
     if not dirs:
         return done
@@ -157,31 +181,47 @@ async def prune(pipeline, now: float | None = None) -> dict:
         if run_id not in dirs:
             continue
         try:
-            if run_id in with_code:      # a clean-up that did not complete (crash, withdrawal race)
+            if run_id in with_code:  # a clean-up that did not complete (crash, withdrawal race)
                 await cleanup_finished(pipeline, run_id, run["image"])
                 done["cleaned"].append(run_id)
             old = keep > 0 and now - run["ended"] > keep * DAY
             released_at = run["released"] or run["ended"]
-            release_old = (run["state"] == State.RELEASED.value and keep_release > 0
-                           and now - released_at > keep_release * DAY)
+            release_old = (
+                run["state"] == State.RELEASED.value
+                and keep_release > 0
+                and now - released_at > keep_release * DAY
+            )
             if not (old or release_old):
                 continue
-            gone, gone_release = await asyncio.to_thread(_delete_files, pipeline.run_dir(run_id), old, release_old)
+            gone, gone_release = await asyncio.to_thread(
+                _delete_files, pipeline.run_dir(run_id), old, release_old
+            )
             if gone:
                 done["pruned"].append(run_id)
-                await pipeline.runs.note(run_id, "retention", f"The archive and outputs were deleted after "
-                                    f"{days_words(keep)} (retention).")
+                await pipeline.runs.note(
+                    run_id,
+                    "retention",
+                    f"The archive and outputs were deleted after {days_words(keep)} (retention).",
+                )
             if gone_release:
                 done["releases"].append(run_id)
-                await pipeline.runs.note(run_id, RELEASE_DELETED, f"The released outputs (zip) were deleted after "
-                                    f"{days_words(keep_release)} (retention); they can no longer be downloaded.")
+                await pipeline.runs.note(
+                    run_id,
+                    RELEASE_DELETED,
+                    f"The released outputs (zip) were deleted after "
+                    f"{days_words(keep_release)} (retention); they can no longer be downloaded.",
+                )
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("run %s: retention clean-up failed", run_id)
     if done["pruned"] or done["releases"] or done["cleaned"]:
-        log.info("retention: %d run(s) cleaned up, %d pruned, %d release zip(s) deleted",
-                 len(done["cleaned"]), len(done["pruned"]), len(done["releases"]))
+        log.info(
+            "retention: %d run(s) cleaned up, %d pruned, %d release zip(s) deleted",
+            len(done["cleaned"]),
+            len(done["pruned"]),
+            len(done["releases"]),
+        )
     return done
 
 

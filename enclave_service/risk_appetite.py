@@ -6,6 +6,7 @@ merged over the defaults, or ``EnclaveService.risk_appetite_file``, a YAML file 
 the hub writes for it (``configure_enclave_service(..., risk_appetite={...})``). Unknown sections
 or keys are refused at start-up with their name, so a typo cannot silently keep a default.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,7 +26,9 @@ def _merge(base: dict, over: dict, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for k, v in (over or {}).items():
         if k not in out:
-            raise RiskAppetiteError(f"unknown risk appetite setting {where}{k!r}; known: {', '.join(sorted(out))}")
+            raise RiskAppetiteError(
+                f"unknown risk appetite setting {where}{k!r}; known: {', '.join(sorted(out))}"
+            )
         free_form = k in ("id_shapes", "severities")
         if isinstance(out[k], dict) and isinstance(v, dict) and not free_form:
             out[k] = _merge(out[k], v, f"{where}{k}.")
@@ -52,12 +55,13 @@ class RiskAppetite:
     code: object
 
     @classmethod
-    def from_config(cls, overrides: dict | None = None, path: str | Path | None = None) -> "RiskAppetite":
+    def from_config(cls, overrides: dict | None = None, path: str | Path | None = None) -> RiskAppetite:
         from .archive import ArchiveLimits
         from .code_checks import DEFAULT_CALL_RULES, CodeRules
         from .output_checks import OutputRules
         from .output_volume import OutputLimits
         from .runners import RunLimits
+
         data = load(overrides, path)
         out = dict(data["outputs"])
         out["allowed_suffixes"] = tuple(s.lower() for s in out["allowed_suffixes"])
@@ -65,17 +69,23 @@ class RiskAppetite:
             _level(level)
         code = dict(data["code"])
         severities = code.pop("severities") or {}
-        calls = tuple(dataclasses.replace(r, severity=_level(severities.get(r.name, r.severity)))
-                      for r in DEFAULT_CALL_RULES)
+        calls = tuple(
+            dataclasses.replace(r, severity=_level(severities.get(r.name, r.severity)))
+            for r in DEFAULT_CALL_RULES
+        )
         unknown = set(severities) - {r.name for r in DEFAULT_CALL_RULES}
         if unknown:
             raise RiskAppetiteError(f"unknown code rule(s) {', '.join(sorted(unknown))}")
         for k in ("computed_targets", "system_roots"):
             code[k] = tuple(code[k])
         try:
-            return cls(archive=ArchiveLimits(**data["archive"]), run=RunLimits(**data["run"]),
-                       output_volume=OutputLimits(**data["output_volume"]), outputs=OutputRules(**out),
-                       code=CodeRules(calls=calls, **code))
+            return cls(
+                archive=ArchiveLimits(**data["archive"]),
+                run=RunLimits(**data["run"]),
+                output_volume=OutputLimits(**data["output_volume"]),
+                outputs=OutputRules(**out),
+                code=CodeRules(calls=calls, **code),
+            )
         except TypeError as e:
             raise RiskAppetiteError(f"the risk appetite does not fit: {e}") from None
 

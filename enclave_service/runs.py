@@ -9,11 +9,13 @@ back; a refusal is a :class:`~enclave_service.states.RunError` with an HTTP stat
 The owner does not import the pipeline (no cycle): the pipeline hands itself in, and the owner
 uses only its small driving surface (``kick``, ``stop_run``, ``finish``).
 """
+
 from __future__ import annotations
 
 import logging
 import re
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError
 
@@ -44,7 +46,7 @@ class Driver(Protocol):
 class Runs:
     def __init__(self, db: Database, kinetic, metrics: Metrics | None = None):
         self.db = db
-        self.kinetic = kinetic          # KineticSync: every transition becomes a Kinetic log line
+        self.kinetic = kinetic  # KineticSync: every transition becomes a Kinetic log line
         self.driver: Driver | None = None
         # step outcomes and submissions are counted here, where they are recorded
         self.metrics = metrics or Metrics()
@@ -54,6 +56,7 @@ class Runs:
         def q(session):
             run = session.get(Run, run_id)
             return RunRecord.of(run) if run else None
+
         return await self.db.run(q)
 
     async def ids_in(self, states) -> list[str]:
@@ -70,26 +73,39 @@ class Runs:
             run = session.get(Run, run_id)
             for k, v in fields.items():
                 setattr(run, k, v)
+
         await self.db.run(tx)
 
     async def note(self, run_id: str, kind: str, message: str, actor: str = "system") -> None:
         await self.db.run(lambda s: dbm.add_event(s, run_id, kind, message, actor=actor))
 
     # -- transitions ----------------------------------------------------------------------------
-    async def submit_request(self, *, author: str, author_email: str, analysis_id: str, message: str,
-                             archive: bytes | None, authorize: Callable[[str], Awaitable[dict | None]],
-                             workspaces_root: str = "", max_archive_bytes: int, required_approvals: int
-                             ) -> RunRecord:
+    async def submit_request(
+        self,
+        *,
+        author: str,
+        author_email: str,
+        analysis_id: str,
+        message: str,
+        archive: bytes | None,
+        authorize: Callable[[str], Awaitable[dict | None]],
+        workspaces_root: str = "",
+        max_archive_bytes: int,
+        required_approvals: int,
+    ) -> RunRecord:
         """A researcher's submission: checked, authorized (``authorize(analysis_id)`` asks Kinetic
         as the researcher), the archive stored, the run created. Nothing is kept when any check fails."""
         import os
+
         analysis_id, message = analysis_id.strip(), message.strip()
         if not ANALYSIS_ID_RE.match(analysis_id):
             raise RunError(400, "analysis_id is missing or not an analysis id")
         if len(message) > MAX_MESSAGE:
             raise RunError(400, f"the message is longer than {MAX_MESSAGE} characters")
         if archive is None and not workspaces_root:
-            raise RunError(400, "send the archive (field 'archive'); this enclave does not snapshot workspaces")
+            raise RunError(
+                400, "send the archive (field 'archive'); this enclave does not snapshot workspaces"
+            )
         analysis = await authorize(analysis_id)
         if analysis is None:
             raise RunError(404, "no such analysis, or you are not one of its researchers")
@@ -103,38 +119,83 @@ class Runs:
         run_id = dbm.new_run_id()
         sha, size = await self.driver.store_archive(run_id, source)
         collaborators = [r.get("user_id") for r in analysis.get("researchers", []) if r.get("user_id")]
-        return await self.submit(run_id=run_id, analysis_id=analysis_id,
-                                 analysis_title=str(analysis.get("title", "")), author=author,
-                                 author_email=author_email, collaborators=collaborators, message=message,
-                                 archive_sha256=sha, archive_bytes=size,
-                                 analysis_api_key=str(analysis.get("api_key", "")),
-                                 required_approvals=required_approvals)
+        return await self.submit(
+            run_id=run_id,
+            analysis_id=analysis_id,
+            analysis_title=str(analysis.get("title", "")),
+            author=author,
+            author_email=author_email,
+            collaborators=collaborators,
+            message=message,
+            archive_sha256=sha,
+            archive_bytes=size,
+            analysis_api_key=str(analysis.get("api_key", "")),
+            required_approvals=required_approvals,
+        )
 
-    async def submit(self, *, run_id: str, analysis_id: str, analysis_title: str, author: str,
-                     author_email: str, collaborators: list[str], message: str, archive_sha256: str,
-                     archive_bytes: int, analysis_api_key: str, required_approvals: int) -> RunRecord:
+    async def submit(
+        self,
+        *,
+        run_id: str,
+        analysis_id: str,
+        analysis_title: str,
+        author: str,
+        author_email: str,
+        collaborators: list[str],
+        message: str,
+        archive_sha256: str,
+        archive_bytes: int,
+        analysis_api_key: str,
+        required_approvals: int,
+    ) -> RunRecord:
         """A new run, in ``submitted``; the pipeline starts on it."""
+
         def tx(session):
-            run = Run(id=run_id, analysis_id=analysis_id, analysis_title=analysis_title[:500],
-                      author=author, author_email=author_email, collaborators=list(collaborators),
-                      message=message, archive_sha256=archive_sha256, archive_bytes=archive_bytes,
-                      analysis_api_key=analysis_api_key, required_approvals=required_approvals,
-                      state=State.SUBMITTED.value)
+            run = Run(
+                id=run_id,
+                analysis_id=analysis_id,
+                analysis_title=analysis_title[:500],
+                author=author,
+                author_email=author_email,
+                collaborators=list(collaborators),
+                message=message,
+                archive_sha256=archive_sha256,
+                archive_bytes=archive_bytes,
+                analysis_api_key=analysis_api_key,
+                required_approvals=required_approvals,
+                state=State.SUBMITTED.value,
+            )
             session.add(run)
             session.flush()
-            dbm.add_event(session, run_id, "state",
-                          f"Submitted ({archive_bytes} bytes, sha256 {archive_sha256[:12]}…).",
-                          actor=author, state=State.SUBMITTED.value)
+            dbm.add_event(
+                session,
+                run_id,
+                "state",
+                f"Submitted ({archive_bytes} bytes, sha256 {archive_sha256[:12]}…).",
+                actor=author,
+                state=State.SUBMITTED.value,
+            )
             return RunRecord.of(run)
+
         record = await self.db.run(tx)
         self.metrics.submitted(archive_bytes)
         if self.driver is not None:
             self.driver.kick(run_id)
         return record
 
-    async def transition(self, run_id: str, source: State | frozenset | tuple, target: State, message: str,
-                         *, actor: str = "system", failure: str = "", kind: str = "state",
-                         step: str = "", seconds: float | None = None) -> bool:
+    async def transition(
+        self,
+        run_id: str,
+        source: State | frozenset | tuple,
+        target: State,
+        message: str,
+        *,
+        actor: str = "system",
+        failure: str = "",
+        kind: str = "state",
+        step: str = "",
+        seconds: float | None = None,
+    ) -> bool:
         """Move a run from ``source`` to ``target`` and record the event, in one transaction.
         False when the run was no longer in ``source`` (withdrawn meanwhile, decided by another).
         ``step`` and ``seconds``: the pipeline step whose outcome this is and how long it took
@@ -150,6 +211,7 @@ class Runs:
                 run.failure = failure
             dbm.add_event(session, run_id, kind, message, actor=actor, state=target.value)
             return run.kinetic_run_key
+
         key = await self.db.run(tx)
         if key is None:
             return False
@@ -165,7 +227,9 @@ class Runs:
         if err:
             await self.note(run_id, "kinetic", f"Kinetic was not told: {err}")
 
-    async def review(self, run_id: str, reviewer: str, is_reviewer: bool, decision: str, comment: str) -> State:
+    async def review(
+        self, run_id: str, reviewer: str, is_reviewer: bool, decision: str, comment: str
+    ) -> State:
         """One reviewer's decision; the run moves when it is decided. Returns the state after.
 
         Rules, each in the one transaction (two reviewers clicking at once cannot both be "the
@@ -197,20 +261,25 @@ class Runs:
             try:
                 session.flush()
             except IntegrityError:
-                raise RunError(409, "you have already reviewed this run; decisions cannot be changed") from None
+                raise RunError(
+                    409, "you have already reviewed this run; decisions cannot be changed"
+                ) from None
             dbm.add_event(session, run_id, "review", f"A reviewer decided: {decision}.", actor=reviewer)
             session.refresh(run)
             approvals = sum(1 for r in run.reviews if r.decision == "approve")
             if decision == "reject":
                 run.state = State.REJECTED.value
                 run.failure = "Rejected by an output reviewer."
-                dbm.add_event(session, run_id, "state", "An output reviewer rejected the release.",
-                              state=run.state)
+                dbm.add_event(
+                    session, run_id, "state", "An output reviewer rejected the release.", state=run.state
+                )
             elif approvals >= run.required_approvals:
                 run.state = State.APPROVED.value
-                dbm.add_event(session, run_id, "state", f"{approvals} reviewers approved the release.",
-                              state=run.state)
+                dbm.add_event(
+                    session, run_id, "state", f"{approvals} reviewers approved the release.", state=run.state
+                )
             return State(run.state), run.kinetic_run_key
+
         state, key = await self.db.run(tx)
         if state == State.APPROVED:
             await self._tell_kinetic(run_id, key, state, "")
@@ -229,8 +298,9 @@ class Runs:
             raise RunError(403, "only the author of a run can withdraw it")
         if run.state not in WITHDRAWABLE:
             raise RunError(409, f"this run can no longer be withdrawn (it is {run.state.value})")
-        moved = await self.transition(run.id, WITHDRAWABLE, State.WITHDRAWN, "Withdrawn by its author.",
-                                      actor=actor, kind="withdraw")
+        moved = await self.transition(
+            run.id, WITHDRAWABLE, State.WITHDRAWN, "Withdrawn by its author.", actor=actor, kind="withdraw"
+        )
         if not moved:
             raise RunError(409, "this run changed state meanwhile; reload it")
         if self.driver is not None:
@@ -241,10 +311,16 @@ class Runs:
 def visible_reviews(run: RunRecord, reviews: list[dict], viewer: str, is_reviewer: bool) -> dict:
     """What ``viewer`` may see of the reviews (blinded until the run is decided)."""
     decided = run.state in DECIDED
-    out = {"required": run.required_approvals, "received": len(reviews), "blinded": not decided,
-           "reviews": []}
-    shown = [{"reviewer": r["reviewer"], "decision": r["decision"], "comment": r["comment"],
-              "time": r["time"]} for r in reviews]
+    out = {
+        "required": run.required_approvals,
+        "received": len(reviews),
+        "blinded": not decided,
+        "reviews": [],
+    }
+    shown = [
+        {"reviewer": r["reviewer"], "decision": r["decision"], "comment": r["comment"], "time": r["time"]}
+        for r in reviews
+    ]
     if decided:
         out["reviews"] = shown
     elif is_reviewer:

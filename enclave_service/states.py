@@ -4,12 +4,13 @@ Each state is owned by the system, the author or the reviewers (airlock's habit)
 it is what people read. Only :mod:`enclave_service.runs` moves a run from one state to another; every
 other module asks it to (a test holds the code to that).
 """
+
 from __future__ import annotations
 
 import enum
 
 
-class State(str, enum.Enum):
+class State(str, enum.Enum):  # noqa: UP042  (str() keeps the enum's own form, as the code expects)
     SUBMITTED = "submitted"
     ARCHIVED = "archived"
     CODE_CHECKED = "code_checked"
@@ -65,8 +66,15 @@ STATE_MESSAGES = {
 FAILED = frozenset(s for s in State if s.value.startswith("failed_"))
 TERMINAL = frozenset({State.RELEASED, State.REJECTED, State.WITHDRAWN}) | FAILED
 # States the pipeline moves on by itself (resumed at start-up); in_review waits for people.
-PIPELINE = (State.SUBMITTED, State.ARCHIVED, State.CODE_CHECKED, State.BUILT, State.RAN,
-            State.OUTPUTS_CHECKED, State.APPROVED)
+PIPELINE = (
+    State.SUBMITTED,
+    State.ARCHIVED,
+    State.CODE_CHECKED,
+    State.BUILT,
+    State.RAN,
+    State.OUTPUTS_CHECKED,
+    State.APPROVED,
+)
 # The author may withdraw until a decision is taken.
 WITHDRAWABLE = frozenset(PIPELINE) - {State.APPROVED} | {State.IN_REVIEW}
 # The reviewers have decided: their decisions and comments are no longer blinded.

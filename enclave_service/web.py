@@ -2,6 +2,7 @@
 JSON shapes of a run. API handlers (``api.py``) and pages (``pages.py``) both build on this; neither
 decides anything about a run's state — they parse, call :mod:`enclave_service.runs`, and render.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,12 @@ log = logging.getLogger("enclave.web")
 @dataclass
 class Caller:
     name: str
-    kind: str                      # user | service
+    kind: str  # user | service
     groups: list[str] = field(default_factory=list)
     sso: str = ""
     email: str = ""
     reviewer: bool = False
-    display: str = ""              # "Ada Lovelace" from Kinetic's profile; pages show it, not the uuid
+    display: str = ""  # "Ada Lovelace" from Kinetic's profile; pages show it, not the uuid
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -97,7 +98,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             return await self.service.kinetic.get_analysis(str(analysis_id), caller.sso)
         except KineticError as e:
             if e.status in (401, 403):
-                raise web.HTTPError(403, "Kinetic did not accept your sign-in; sign in to the hub again") from None
+                raise web.HTTPError(
+                    403, "Kinetic did not accept your sign-in; sign in to the hub again"
+                ) from None
             raise web.HTTPError(503, f"Kinetic could not be asked: {e}") from None
 
     async def load_run(self, run_id: str) -> tuple[RunRecord, list[dict], list[dict]] | None:
@@ -105,11 +108,16 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             run = session.get(Run, run_id)
             if run is None:
                 return None
-            events = [{"time": e.time, "actor": e.actor, "kind": e.kind, "state": e.state,
-                       "message": e.message} for e in run.events]
-            reviews = [{"reviewer": r.reviewer, "decision": r.decision, "comment": r.comment,
-                        "time": r.time} for r in run.reviews]
+            events = [
+                {"time": e.time, "actor": e.actor, "kind": e.kind, "state": e.state, "message": e.message}
+                for e in run.events
+            ]
+            reviews = [
+                {"reviewer": r.reviewer, "decision": r.decision, "comment": r.comment, "time": r.time}
+                for r in run.reviews
+            ]
             return RunRecord.of(run), events, reviews
+
         return await self.db.run(q)
 
     async def access(self, run_id: str, caller: Caller) -> tuple[RunRecord, list, list, str]:
@@ -152,14 +160,22 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
 
-    async def submit(self, caller: Caller, analysis_id: str, message: str, archive: bytes | None) -> RunRecord:
+    async def submit(
+        self, caller: Caller, analysis_id: str, message: str, archive: bytes | None
+    ) -> RunRecord:
         """The one submit of the API and the page: the owner checks, stores and creates."""
         cfg = self.service.config
         return await self.runs.submit_request(
-            author=caller.name, author_email=caller.email, analysis_id=analysis_id, message=message,
-            archive=archive, authorize=lambda aid: self.analysis_for(caller, aid),
-            workspaces_root=cfg.workspaces_root, max_archive_bytes=cfg.max_archive_bytes,
-            required_approvals=cfg.required_approvals)
+            author=caller.name,
+            author_email=caller.email,
+            analysis_id=analysis_id,
+            message=message,
+            archive=archive,
+            authorize=lambda aid: self.analysis_for(caller, aid),
+            workspaces_root=cfg.workspaces_root,
+            max_archive_bytes=cfg.max_archive_bytes,
+            required_approvals=cfg.required_approvals,
+        )
 
     def json_body(self) -> dict:
         try:
@@ -172,32 +188,49 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
 
 def run_summary(run: RunRecord) -> dict:
-    return {"id": run.id, "analysis_id": run.analysis_id, "analysis_title": run.analysis_title,
-            "author": run.author, "message": run.message, "state": run.state.value,
-            "state_message": run.state.message, "failure": run.failure, "created": run.created,
-            "updated": run.updated, "url": f"runs/{run.id}"}
+    return {
+        "id": run.id,
+        "analysis_id": run.analysis_id,
+        "analysis_title": run.analysis_title,
+        "author": run.author,
+        "message": run.message,
+        "state": run.state.value,
+        "state_message": run.state.message,
+        "failure": run.failure,
+        "created": run.created,
+        "updated": run.updated,
+        "url": f"runs/{run.id}",
+    }
 
 
-def run_detail(run: RunRecord, events: list, reviews: list, role: str, caller: Caller,
-               show_logs_to_researchers: bool) -> dict:
+def run_detail(
+    run: RunRecord, events: list, reviews: list, role: str, caller: Caller, show_logs_to_researchers: bool
+) -> dict:
     out = run_summary(run)
     review = visible_reviews(run, reviews, caller.name, role == "reviewer")
     if review["blinded"]:
         # blinding covers the audit trail too: another reviewer's decision shows as "a decision"
-        events = [e if e["kind"] != "review" or e["actor"] == caller.name else
-                  dict(e, actor="a reviewer", message="A reviewer recorded a decision.") for e in events]
-    out.update({
-        "role": role,
-        "archive_sha256": run.archive_sha256,
-        "exit_code": run.exit_code,
-        "events": events,
-        "code_report": run.code_report,
-        "output_report": run.output_report,
-        "review": review,
-        "kinetic": {"run_id": run.kinetic_run_id, "completed": run.kinetic_completed},
-        "downloadable": run.state == State.RELEASED and role in ("author", "researcher")
-        and not any(e["kind"] == RELEASE_DELETED for e in events),
-    })
+        events = [
+            e
+            if e["kind"] != "review" or e["actor"] == caller.name
+            else dict(e, actor="a reviewer", message="A reviewer recorded a decision.")
+            for e in events
+        ]
+    out.update(
+        {
+            "role": role,
+            "archive_sha256": run.archive_sha256,
+            "exit_code": run.exit_code,
+            "events": events,
+            "code_report": run.code_report,
+            "output_report": run.output_report,
+            "review": review,
+            "kinetic": {"run_id": run.kinetic_run_id, "completed": run.kinetic_completed},
+            "downloadable": run.state == State.RELEASED
+            and role in ("author", "researcher")
+            and not any(e["kind"] == RELEASE_DELETED for e in events),
+        }
+    )
     if role == "reviewer" or show_logs_to_researchers:
         out["logs"] = run.logs
     else:
@@ -206,15 +239,20 @@ def run_detail(run: RunRecord, events: list, reviews: list, role: str, caller: C
     return out
 
 
-
-
 def my_runs(session, name: str, limit: int = 200) -> list[RunRecord]:
-    return [RunRecord.of(r) for r in session.query(Run).filter(Run.author == name)
-            .order_by(Run.created.desc()).limit(limit)]
+    return [
+        RunRecord.of(r)
+        for r in session.query(Run).filter(Run.author == name).order_by(Run.created.desc()).limit(limit)
+    ]
 
 
 def review_queue(session, reviewer: str) -> list[RunRecord]:
     """Runs waiting for review that ``reviewer`` may review (not on their analysis)."""
-    return [rec for rec in (RunRecord.of(r) for r in session.query(Run)
-                            .filter(Run.state == State.IN_REVIEW.value).order_by(Run.created))
-            if not rec.on_analysis(reviewer)]
+    return [
+        rec
+        for rec in (
+            RunRecord.of(r)
+            for r in session.query(Run).filter(Run.state == State.IN_REVIEW.value).order_by(Run.created)
+        )
+        if not rec.on_analysis(reviewer)
+    ]

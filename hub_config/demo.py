@@ -3,6 +3,7 @@
 Starts the Kinetic stand-in and JupyterHub (which starts its proxy, the idle culler, the enclave
 service and the local mail sink), prints where to go and who to be, and stops everything on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,15 @@ SMTP_PORT = int(os.environ.get("KINETIC_SMTP_PORT", "8925"))
 def start(name: str, args: list[str], env: dict) -> subprocess.Popen:
     log = open(STATE / f"{name}.log", "ab")
     # SIGINT restored: a shell started in the background hands it down ignored (ENVIRONMENT.md).
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                            start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_http(url: str, proc: subprocess.Popen, name: str, timeout: float = 60) -> None:
@@ -51,16 +58,22 @@ def main() -> None:
     env["PATH"] = os.pathsep.join([str(ROOT / "node_modules" / ".bin"), str(bin_dir), env.get("PATH", "")])
     standin_url = f"http://{IP}:{STANDIN_PORT}"
     hub_url = f"http://{IP}:{HUB_PORT}"
-    env.update(KINETIC_STATE_DIR=str(STATE), KINETIC_URL=standin_url, KINETIC_HUB_IP=IP,
-               KINETIC_HUB_PORT=str(HUB_PORT), KINETIC_SMTP_PORT=str(SMTP_PORT),
-               KINETIC_PUBLIC_HUB_URL=hub_url, KINETIC_STOP_WORKSPACES_ON_EXIT="1")
+    env.update(
+        KINETIC_STATE_DIR=str(STATE),
+        KINETIC_URL=standin_url,
+        KINETIC_HUB_IP=IP,
+        KINETIC_HUB_PORT=str(HUB_PORT),
+        KINETIC_SMTP_PORT=str(SMTP_PORT),
+        KINETIC_PUBLIC_HUB_URL=hub_url,
+        KINETIC_STOP_WORKSPACES_ON_EXIT="1",
+    )
     procs: list[tuple[str, subprocess.Popen]] = []
 
     def stop_all(*_):
-        for name, p in reversed(procs):
+        for _name, p in reversed(procs):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
-        for name, p in reversed(procs):
+        for _name, p in reversed(procs):
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:
@@ -75,22 +88,41 @@ def main() -> None:
         # Every workspace is a container of the workspace image: build it now (first time only,
         # with a progress line), not during the first researcher's click.
         # (its progress line goes to stderr; the tag it prints on stdout is not for people)
-        built = subprocess.run([sys.executable, "-m", "kinetic_spawner.image"], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL)
+        built = subprocess.run(
+            [sys.executable, "-m", "kinetic_spawner.image"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL
+        )
         if built.returncode != 0:
             sys.exit("the workspace image could not be built (see above)")
     # Workspace containers reach the stand-in (synthetic data) through their network's gateway,
     # so it listens beyond loopback; browsers still use the address printed below.
-    standin = start("standin", [sys.executable, "-m", "kinetic_auth.standin.app", "--ip", "0.0.0.0",
-                                "--public-url", standin_url,
-                                "--port", str(STANDIN_PORT), "--state-dir", str(STATE)], env)
+    standin = start(
+        "standin",
+        [
+            sys.executable,
+            "-m",
+            "kinetic_auth.standin.app",
+            "--ip",
+            "0.0.0.0",
+            "--public-url",
+            standin_url,
+            "--port",
+            str(STANDIN_PORT),
+            "--state-dir",
+            str(STATE),
+        ],
+        env,
+    )
     procs.append(("standin", standin))
     wait_http(f"{standin_url}/accounts/login", standin, "standin")
-    hub = start("jupyterhub", [str(bin_dir / "jupyterhub"), "-f", str(ROOT / "hub_config" / "jupyterhub_config.py")],
-                env)
+    hub = start(
+        "jupyterhub",
+        [str(bin_dir / "jupyterhub"), "-f", str(ROOT / "hub_config" / "jupyterhub_config.py")],
+        env,
+    )
     procs.append(("jupyterhub", hub))
     wait_http(f"{hub_url}/hub/api", hub, "jupyterhub", timeout=120)
-    print(f"""
+    print(
+        f"""
 Kinetic Workspaces is running (state and logs in {STATE}).
 
   Open  {hub_url}/hub/home        (use exactly this host name: the sign-in cookie is per host)
@@ -101,10 +133,12 @@ Kinetic Workspaces is running (state and logs in {STATE}).
      Rosalind Franklin, Marie Curie   reviewers (enclave)
      Olivia Operator   hub admin ({hub_url}/hub/admin)
   Kinetic's old link works too: {hub_url}/editor/#101
-  Mail sent by the enclave lands in {STATE / 'mail'}
+  Mail sent by the enclave lands in {STATE / "mail"}
 
-Press Ctrl-C to stop everything (workspace files are kept in {STATE / 'workspaces'}).
-""", flush=True)
+Press Ctrl-C to stop everything (workspace files are kept in {STATE / "workspaces"}).
+""",
+        flush=True,
+    )
     while True:
         for name, p in procs:
             if p.poll() is not None:

@@ -9,6 +9,7 @@ use" while the orphan goes on serving with the old hub's credentials. This wrapp
 to send the service SIGTERM when its parent (the hub) dies (``PR_SET_PDEATHSIG``, which survives
 ``exec``), then becomes the service. Linux only, like the rest of the kit.
 """
+
 from __future__ import annotations
 
 import ctypes

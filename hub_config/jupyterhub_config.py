@@ -12,6 +12,7 @@ Two profiles, chosen by KINETIC_PROFILE:
 Every knob the local profile reads from the environment has a default, so `make demo` and the
 tests start this same file with nothing set.
 """
+
 import os
 import secrets
 import sys
@@ -66,7 +67,9 @@ c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
 c.JupyterHub.cookie_secret_file = str(secret_file("jupyterhub_cookie_secret", lambda: secrets.token_hex(32)))
 c.JupyterHub.db_url = env("KINETIC_DB_URL", f"sqlite:///{STATE / 'jupyterhub.sqlite'}")
 # auth_state (it holds the researcher's Kinetic cookie) is encrypted at rest with this key.
-os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", secret_file("crypt_key", lambda: secrets.token_hex(32)).read_text())
+os.environ.setdefault(
+    "JUPYTERHUB_CRYPT_KEY", secret_file("crypt_key", lambda: secrets.token_hex(32)).read_text()
+)
 c.JupyterHub.template_paths = [str(ROOT / "kinetic_auth" / "templates")]
 c.JupyterHub.default_url = "/hub/home"  # researchers land on their analyses, never a spawn form
 c.JupyterHub.allow_named_servers = True
@@ -90,10 +93,17 @@ c.KineticAuthenticator.sso_cookie_name = env("KINETIC_COOKIE_NAME", "oxa")
 # `users:activity!user`: a workspace reports its own activity with its server token (whose scopes
 # never exceed its owner's), so the idle culler sees a busy workspace as busy.
 USER_SCOPES = [
-    "read:users!user", "read:users:name!user", "read:users:groups!user", "read:users:activity!user",
+    "read:users!user",
+    "read:users:name!user",
+    "read:users:groups!user",
+    "read:users:activity!user",
     "users:activity!user",
-    "read:users:shares!user", "read:servers!user", "delete:servers!user", "access:servers!user",
-    "tokens!user", "read:tokens!user",
+    "read:users:shares!user",
+    "read:servers!user",
+    "delete:servers!user",
+    "access:servers!user",
+    "tokens!user",
+    "read:tokens!user",
 ]
 IDLE_TIMEOUT = int(env("KINETIC_IDLE_TIMEOUT", "1800"))  # 30 minutes, as the original
 IDLE_EVERY = int(env("KINETIC_IDLE_CHECK_EVERY", str(max(1, min(300, IDLE_TIMEOUT // 5)))))
@@ -104,17 +114,29 @@ HUB_PAGES_TOKEN = secrets.token_hex(32)
 c.KineticAuthenticator.hub_api_token = HUB_PAGES_TOKEN
 c.JupyterHub.load_roles = [
     {"name": "user", "scopes": USER_SCOPES},
-    {"name": "idle-culler", "services": ["idle-culler"],
-     "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]},
-    {"name": "kinetic-hub-pages", "services": ["kinetic-hub-pages"],
-     "scopes": ["list:users", "read:servers", "start:servers", "shares", "read:users:name"]},
+    {
+        "name": "idle-culler",
+        "services": ["idle-culler"],
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    },
+    {
+        "name": "kinetic-hub-pages",
+        "services": ["kinetic-hub-pages"],
+        "scopes": ["list:users", "read:servers", "start:servers", "shares", "read:users:name"],
+    },
 ]
 c.JupyterHub.services = [
     {"name": "kinetic-hub-pages", "api_token": HUB_PAGES_TOKEN},
     {
         "name": "idle-culler",
-        "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={IDLE_TIMEOUT}",
-                    f"--cull-every={IDLE_EVERY}", "--remove-named-servers=false"],
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={IDLE_TIMEOUT}",
+            f"--cull-every={IDLE_EVERY}",
+            "--remove-named-servers=false",
+        ],
     },
 ]
 
@@ -158,29 +180,47 @@ from enclave_service.hub_integration import configure_enclave_service  # noqa: E
 PUBLIC_HUB_URL = env("KINETIC_PUBLIC_HUB_URL", f"http://{HUB_IP}:{HUB_PORT}")
 if PROFILE == "local":
     configure_enclave_service(
-        c, state_dir=STATE / "enclave", kinetic_url=KINETIC_URL, public_url=PUBLIC_HUB_URL,
-        reviewers=seed.REVIEWERS, port=int(env("KINETIC_ENCLAVE_PORT", "10101")),
-        smtp_port=int(env("KINETIC_SMTP_PORT", "8925")), mail_sink_dir=STATE / "mail",
-        enclave_key_file=STATE / "keys" / "kinetic_enclave_key", runner="podman",
+        c,
+        state_dir=STATE / "enclave",
+        kinetic_url=KINETIC_URL,
+        public_url=PUBLIC_HUB_URL,
+        reviewers=seed.REVIEWERS,
+        port=int(env("KINETIC_ENCLAVE_PORT", "10101")),
+        smtp_port=int(env("KINETIC_SMTP_PORT", "8925")),
+        mail_sink_dir=STATE / "mail",
+        enclave_key_file=STATE / "keys" / "kinetic_enclave_key",
+        runner="podman",
         workspaces_root=STATE / "workspaces",
-        required_approvals=int(env("KINETIC_REQUIRED_APPROVALS", "2")))
+        required_approvals=int(env("KINETIC_REQUIRED_APPROVALS", "2")),
+    )
 else:
     configure_enclave_service(
-        c, state_dir=env("KINETIC_ENCLAVE_STATE_DIR", str(STATE / "enclave")), kinetic_url=KINETIC_URL,
-        public_url=env("KINETIC_PUBLIC_HUB_URL"), reviewers=env("KINETIC_REVIEWER_UUIDS").split(","),
-        smtp_host=env("KINETIC_SMTP_HOST"), smtp_port=int(env("KINETIC_SMTP_PORT", "587")),
-        enclave_key_file=env("KINETIC_ENCLAVE_KEY_FILE"), runner="ec2",
+        c,
+        state_dir=env("KINETIC_ENCLAVE_STATE_DIR", str(STATE / "enclave")),
+        kinetic_url=KINETIC_URL,
+        public_url=env("KINETIC_PUBLIC_HUB_URL"),
+        reviewers=env("KINETIC_REVIEWER_UUIDS").split(","),
+        smtp_host=env("KINETIC_SMTP_HOST"),
+        smtp_port=int(env("KINETIC_SMTP_PORT", "587")),
+        enclave_key_file=env("KINETIC_ENCLAVE_KEY_FILE"),
+        runner="ec2",
         db_url=env("KINETIC_ENCLAVE_DB_URL"),
-        port=int(env("KINETIC_ENCLAVE_PORT", "10101")))  # (ops) the aws profile honours it too
+        port=int(env("KINETIC_ENCLAVE_PORT", "10101")),
+    )  # (ops) the aws profile honours it too
 
 # Managed services end with the hub, however it ends (SIGKILL included): a restarted hub then
 # starts exactly one of each instead of tripping over orphans (hub_config/die_with_hub.py).
 for _service in c.JupyterHub.services:
-    if _service.get("command") and _service["command"][:3] != [sys.executable, "-m", "hub_config.die_with_hub"]:
+    if _service.get("command") and _service["command"][:3] != [
+        sys.executable,
+        "-m",
+        "hub_config.die_with_hub",
+    ]:
         _service["command"] = [sys.executable, "-m", "hub_config.die_with_hub", "--", *_service["command"]]
         _service.setdefault("environment", {})
         _service["environment"]["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), _service["environment"].get("PYTHONPATH", "")) if p)
+            p for p in (str(ROOT), _service["environment"].get("PYTHONPATH", "")) if p
+        )
 
 # Local tweaks without editing this file (e.g. for tests): a Python file run in this namespace.
 extra = os.environ.get("KINETIC_EXTRA_CONFIG")

@@ -9,6 +9,7 @@ The authenticator is also the one place that decides whether a researcher may us
 :meth:`authorize_analysis` asks Kinetic, and :meth:`pre_spawn_start` applies it to every spawn,
 whichever path (page, REST API, admin panel) asked for it.
 """
+
 from __future__ import annotations
 
 import time
@@ -82,7 +83,8 @@ class KineticAuthenticator(Authenticator):
     ).tag(config=True)
 
     cookie_leeway_seconds = Integer(
-        60, help="Clock skew allowed when checking the cookie's `exp` claim.",
+        60,
+        help="Clock skew allowed when checking the cookie's `exp` claim.",
     ).tag(config=True)
 
     authorization_cache_seconds = Integer(

@@ -6,6 +6,7 @@ with a 32-byte key shared with every Kinetic app. The researcher is claim ``sub.
 Kinetic itself ignores ``exp``; we honour it when present, because an expired session that
 still opens a workspace on real research data is worse than one more sign-in.
 """
+
 from __future__ import annotations
 
 import base64
@@ -62,8 +63,9 @@ def encode(claims: dict, signing_key: RSAKey, encryption_key: OctKey) -> str:
     return jwe.encrypt_compact(JWE_HEADER, signed, encryption_key)
 
 
-def decode(token: str, public_key: RSAKey, encryption_key: OctKey, now: float | None = None,
-           leeway: int = 60) -> Researcher:
+def decode(
+    token: str, public_key: RSAKey, encryption_key: OctKey, now: float | None = None, leeway: int = 60
+) -> Researcher:
     """Decrypt, verify and read a cookie. Raises CookieError with a reason a person can read."""
     if not token or token.count(".") != 4:
         raise CookieError("the sign-in cookie is not an encrypted Kinetic token")

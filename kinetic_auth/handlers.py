@@ -13,6 +13,7 @@ over JupyterHub's own ``/login``, ``/logout`` and ``/home``:
 Workspaces are found, started, named and shared through JupyterHub's public REST API (``hub_api``);
 the one JupyterHub behaviour used that has no public API is kept in ``hub_adapter``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -77,8 +78,7 @@ class KineticPage(BaseHandler):
 
     async def error_page(self, status: int, title: str, message: str):
         self.set_status(status)
-        html = await self.render_template("kinetic_error.html", status=status, title=title,
-                                          message=message)
+        html = await self.render_template("kinetic_error.html", status=status, title=title, message=message)
         self.finish(html)
 
     async def authorized_analysis(self, analysis_id: str):
@@ -91,14 +91,20 @@ class KineticPage(BaseHandler):
         try:
             analysis = await self.authenticator.authorize_analysis(self.current_user, aid)
         except KineticError:
-            await self.error_page(502, "Kinetic is not answering",
-                                  "We could not check your access with Kinetic. Please try again in a minute.")
+            await self.error_page(
+                502,
+                "Kinetic is not answering",
+                "We could not check your access with Kinetic. Please try again in a minute.",
+            )
             return None
         if analysis is None:
             self.log.warning("%s is not on analysis %s: refused", self.current_user.name, aid)
-            await self.error_page(404, "Analysis not available",
-                                  f"Analysis {aid} does not exist or you are not one of its researchers. "
-                                  "Ask its owner in Kinetic to add you.")
+            await self.error_page(
+                404,
+                "Analysis not available",
+                f"Analysis {aid} does not exist or you are not one of its researchers. "
+                "Ask its owner in Kinetic to add you.",
+            )
             return None
         return aid, analysis
 
@@ -117,10 +123,15 @@ class KineticLoginHandler(KineticPage):
             self.log.warning("Refused a Kinetic cookie: %s", e.reason)
             self.set_status(403)
             html = await self.render_template(
-                "kinetic_error.html", status=403, title="We could not verify your Kinetic sign-in",
-                message=f"Reason: {e.reason}.", sign_in_url=url_concat(
+                "kinetic_error.html",
+                status=403,
+                title="We could not verify your Kinetic sign-in",
+                message=f"Reason: {e.reason}.",
+                sign_in_url=url_concat(
                     auth.sign_in_redirect(),
-                    {"r": f"{self.request.protocol}://{self.request.host}{self.settings['login_url']}"}))
+                    {"r": f"{self.request.protocol}://{self.request.host}{self.settings['login_url']}"},
+                ),
+            )
             self.finish(html)
             return
         user = await self.login_user({"sso_cookie": token})
@@ -162,19 +173,29 @@ class AnalysesHomeHandler(KineticPage):
         rows = []
         for aid, a in valid:
             ws = running.get(aid)
-            names = {r.get("user_id"): f"{r.get('first_name', '')} {r.get('last_name', '')}".strip()
-                     for r in a.get("researchers", [])}
+            names = {
+                r.get("user_id"): f"{r.get('first_name', '')} {r.get('last_name', '')}".strip()
+                for r in a.get("researchers", [])
+            }
             if ws is None:
                 status = "Not running"
             else:
                 who = "you" if ws.owner == user.name else names.get(ws.owner, "a co-researcher")
                 status = f"{'Running' if ws.ready else 'Starting'} (opened by {who})"
-            rows.append({"id": aid, "title": a.get("title", ""), "description": a.get("description", ""),
-                         "researchers": [n for n in names.values() if n], "status": status,
-                         "running": ws is not None,
-                         "url": url_path_join(self.hub.base_url, "analysis", aid)})
-        html = await self.render_template("home.html", analyses=rows, error=error,
-                                          profile=state.get("profile", {}))
+            rows.append(
+                {
+                    "id": aid,
+                    "title": a.get("title", ""),
+                    "description": a.get("description", ""),
+                    "researchers": [n for n in names.values() if n],
+                    "status": status,
+                    "running": ws is not None,
+                    "url": url_path_join(self.hub.base_url, "analysis", aid),
+                }
+            )
+        html = await self.render_template(
+            "home.html", analyses=rows, error=error, profile=state.get("profile", {})
+        )
         self.finish(html)
 
 
@@ -199,9 +220,11 @@ class AnalysisHandler(KineticPage):
                         await self.join_workspace(user, aid, owner)
         except HubAPIError as e:
             self.log.error("Opening analysis %s for %s failed: %s", aid, user.name, e)
-            await self.error_page(503 if e.status >= 500 else e.status, "The workspace could not be opened",
-                                  "Something went wrong while opening this analysis' workspace. "
-                                  "Please try again in a minute.")
+            await self.error_page(
+                503 if e.status >= 500 else e.status,
+                "The workspace could not be opened",
+                "Something went wrong while opening this analysis' workspace. Please try again in a minute.",
+            )
             return
         spawner = self.live_spawner(owner, name)
         if spawner is None:
@@ -211,9 +234,15 @@ class AnalysisHandler(KineticPage):
             self.redirect(workspace_url(spawner))
             return
         html = await self.render_template(
-            "analysis_pending.html", analysis=analysis, spawner=spawner, user=user,
-            progress_url=url_concat(url_path_join(self.hub.base_url, "analysis", aid, "progress"),
-                                    {"_xsrf": self.xsrf_token.decode("ascii")}))
+            "analysis_pending.html",
+            analysis=analysis,
+            spawner=spawner,
+            user=user,
+            progress_url=url_concat(
+                url_path_join(self.hub.base_url, "analysis", aid, "progress"),
+                {"_xsrf": self.xsrf_token.decode("ascii")},
+            ),
+        )
         self.finish(html)
 
     async def start_workspace(self, user, aid: str, title: str) -> None:
@@ -239,8 +268,9 @@ class AnalysisHandler(KineticPage):
         self.log.info("%s joined the workspace of analysis %s opened by %s", user.name, aid, owner)
 
 
-GENERIC_FAILURE = ("The workspace could not be started. Please try again; "
-                   "if it keeps failing, tell the Kinetic team.")
+GENERIC_FAILURE = (
+    "The workspace could not be started. Please try again; if it keeps failing, tell the Kinetic team."
+)
 
 
 class AnalysisProgressHandler(KineticPage):
@@ -289,11 +319,18 @@ class AnalysisProgressHandler(KineticPage):
     def outcome(self, spawner) -> dict | None:
         """The final event once the start is over, None while it goes on."""
         if spawner.ready:
-            return {"progress": 100, "ready": True, "message": "Your workspace is ready.",
-                    "url": workspace_url(spawner)}
+            return {
+                "progress": 100,
+                "ready": True,
+                "message": "Your workspace is ready.",
+                "url": workspace_url(spawner),
+            }
         if not spawner.active:  # neither running nor pending: the start ended without a server
-            return {"progress": 100, "failed": True,
-                    "message": getattr(spawner, "failure_message", None) or GENERIC_FAILURE}
+            return {
+                "progress": 100,
+                "failed": True,
+                "message": getattr(spawner, "failure_message", None) or GENERIC_FAILURE,
+            }
         return None
 
     async def stream(self, spawner) -> None:
@@ -316,7 +353,7 @@ class AnalysisProgressHandler(KineticPage):
             while True:
                 try:
                     event = await asyncio.wait_for(events.get(), self.poll_seconds)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     event = None
                 if event is not None:
                     if not isinstance(event, dict):

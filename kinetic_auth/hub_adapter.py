@@ -12,6 +12,7 @@ Being on the list grants nothing by itself: access still needs the share (``acce
 ``tests/test_hub_adapter.py`` calls JupyterHub's own authorization check with this adapter's effect
 and fails when a JupyterHub release changes it; update this module (and only this one) then.
 """
+
 from __future__ import annotations
 
 NO_CONFIRM_SETTING = "oauth_no_confirm_list"

@@ -15,6 +15,7 @@ hub_config/jupyterhub_config.py) whose role holds only what the pages need:
 The token is made afresh each time the hub starts and lives only in the hub process (no file, no
 environment variable), so nothing else on the machine can use it.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,12 +63,19 @@ class HubAPI:
     async def request(self, method: str, path: str, body=None, accept: str = "application/json"):
         """(status, decoded JSON or None). Raises HubAPIError for any status >= 400."""
         req = HTTPRequest(
-            f"{self.api_url}/{path.lstrip('/')}", method=method,
-            headers={"Authorization": f"token {self.token}", "Accept": accept,
-                     **({"Content-Type": "application/json"} if body is not None else {})},
-            body=json.dumps(body) if body is not None else (b"" if method in ("POST", "PUT", "PATCH")
-                                                            else None),
-            request_timeout=self.timeout, allow_nonstandard_methods=True)
+            f"{self.api_url}/{path.lstrip('/')}",
+            method=method,
+            headers={
+                "Authorization": f"token {self.token}",
+                "Accept": accept,
+                **({"Content-Type": "application/json"} if body is not None else {}),
+            },
+            body=json.dumps(body)
+            if body is not None
+            else (b"" if method in ("POST", "PUT", "PATCH") else None),
+            request_timeout=self.timeout,
+            allow_nonstandard_methods=True,
+        )
         try:
             resp = await AsyncHTTPClient().fetch(req)
         except HTTPClientError as e:
@@ -94,15 +102,20 @@ class HubAPI:
         wanted, found, offset = set(names), {}, 0
         while True:
             query = urlencode({"state": "active", "limit": PAGE_SIZE, "offset": offset})
-            _, page = await self.request("GET", f"users?{query}",
-                                         accept="application/jupyterhub-pagination+json")
+            _, page = await self.request(
+                "GET", f"users?{query}", accept="application/jupyterhub-pagination+json"
+            )
             for user in page["items"]:
                 for name, server in (user.get("servers") or {}).items():
                     if name in wanted:
-                        found[name] = Workspace(owner=user["name"], name=name,
-                                                display_name=server.get("display_name") or name,
-                                                ready=bool(server.get("ready")),
-                                                pending=server.get("pending"), url=server.get("url", ""))
+                        found[name] = Workspace(
+                            owner=user["name"],
+                            name=name,
+                            display_name=server.get("display_name") or name,
+                            ready=bool(server.get("ready")),
+                            pending=server.get("pending"),
+                            url=server.get("url", ""),
+                        )
             nxt = (page.get("_pagination") or {}).get("next")
             if not nxt:
                 return found
@@ -110,8 +123,11 @@ class HubAPI:
 
     async def start_server(self, owner: str, name: str, display_name: str, user_options: dict) -> int:
         """Start (creating if needed) a named server; sets its display name too. 201 ready, 202 pending."""
-        status, _ = await self.request("POST", f"users/{_q(owner)}/servers/{_q(name)}",
-                                       {"display_name": display_name, "user_options": user_options})
+        status, _ = await self.request(
+            "POST",
+            f"users/{_q(owner)}/servers/{_q(name)}",
+            {"display_name": display_name, "user_options": user_options},
+        )
         return status
 
     async def server(self, owner: str, name: str) -> dict:

@@ -3,6 +3,7 @@
 In production these come from Kinetic (the public half of the accounts signing key and the shared
 encryption key); here the stand-in plays Kinetic, so it owns the private half.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,10 +17,10 @@ from joserfc.jwk import RSAKey
 
 @dataclass(frozen=True)
 class StandinKeys:
-    signing_key_pem: bytes      # private: only the stand-in signs cookies
-    public_key_pem: bytes       # what the hub verifies with
-    encryption_key: str         # 32 bytes, base64url, shared by stand-in and hub
-    enclave_key: str            # Bearer key for Kinetic's enclave API (real data)
+    signing_key_pem: bytes  # private: only the stand-in signs cookies
+    public_key_pem: bytes  # what the hub verifies with
+    encryption_key: str  # 32 bytes, base64url, shared by stand-in and hub
+    enclave_key: str  # Bearer key for Kinetic's enclave API (real data)
 
 
 def _write_secret(path: Path, data: bytes) -> None:

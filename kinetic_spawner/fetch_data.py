@@ -13,6 +13,7 @@ failed or interrupted download never leaves half a file and never removes what w
 Files that are not Kinetic's (the researcher's own) are never touched.
 Exit status: 0 done, 2 bad input, 3 Kinetic could not be asked or answered wrongly.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -124,7 +125,7 @@ async def _download(client: KineticClient, url: str, attempts: int) -> bytes:
             if code and 400 <= code < 500 and code != 429:
                 break
         if attempt < attempts:
-            await asyncio.sleep(random.uniform(0, min(4.0, 0.25 * 2 ** attempt)))
+            await asyncio.sleep(random.uniform(0, min(4.0, 0.25 * 2**attempt)))
     raise FetchError(f"could not download a data file from Kinetic ({last})")
 
 
@@ -142,10 +143,12 @@ async def fetch(env=None, attempts: int = 4) -> list[Path]:
                 break
             # Kinetic may still be preparing the export: wait, bounded.
             if attempt < attempts:
-                await asyncio.sleep(random.uniform(0.5, min(5.0, 2 ** attempt)))
+                await asyncio.sleep(random.uniform(0.5, min(5.0, 2**attempt)))
         if not answer or answer.get("status") != "complete":
-            raise FetchError(f"Kinetic has not finished preparing the data (status "
-                             f"{(answer or {}).get('status')!r}); try again in a minute")
+            raise FetchError(
+                f"Kinetic has not finished preparing the data (status "
+                f"{(answer or {}).get('status')!r}); try again in a minute"
+            )
         urls = answer.get("response_urls") or []
         if not urls:
             raise FetchError("Kinetic answered with no data files for this analysis")
@@ -176,8 +179,10 @@ def main(argv=None) -> int:
         print(f"kinetic-fetch-data: error: {_redact(str(e), key)}", file=sys.stderr)
         return e.status
     except OSError as e:
-        print(f"kinetic-fetch-data: error: could not write the data: {e.strerror} ({e.filename})",
-              file=sys.stderr)
+        print(
+            f"kinetic-fetch-data: error: could not write the data: {e.strerror} ({e.filename})",
+            file=sys.stderr,
+        )
         return 3
     for p in written:
         print(f"kinetic-fetch-data: wrote {p} ({p.stat().st_size} bytes)")

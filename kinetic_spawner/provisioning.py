@@ -4,6 +4,7 @@ The script (``provision.sh``) is run by the container backend inside the workspa
 1010), by the process backend as a plain process, and later over SSH on an EC2 host. Its inputs
 always travel in the environment, never in argv; its ``::step`` lines become progress messages.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,26 +36,50 @@ def provision_env(home: str, inputs: ProvisionInputs) -> dict[str, str]:
         "PATH": os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", os.defpath)]),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "KINETIC_BLANK_PROJECT": str(BLANK_PROJECT),
-        "KINETIC_FETCH_DATA": str(fetch) if fetch.exists() else f"{sys.executable} -m kinetic_spawner.fetch_data",
+        "KINETIC_FETCH_DATA": str(fetch)
+        if fetch.exists()
+        else f"{sys.executable} -m kinetic_spawner.fetch_data",
     }
     # the fetch tool imports this package: make it importable however the hub was installed
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH", "")] if p)
+        p for p in [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH", "")] if p
+    )
     env.update(inputs.env())
     return env
 
 
-async def run_provision(home: str, inputs: ProvisionInputs, on_script_step=None,
-                        timeout: float = 300.0, script: Path = PROVISION_SH, log=None) -> ProvisionResult:
+async def run_provision(
+    home: str,
+    inputs: ProvisionInputs,
+    on_script_step=None,
+    timeout: float = 300.0,
+    script: Path = PROVISION_SH,
+    log=None,
+) -> ProvisionResult:
     """Run provision.sh for one analysis home as a process on this machine (process backend,
     tests). Inputs in the environment only."""
-    return await run_script(["bash", str(script)], provision_env(home, inputs), inputs,
-                            on_script_step, timeout=timeout, cwd=home, log=log)
+    return await run_script(
+        ["bash", str(script)],
+        provision_env(home, inputs),
+        inputs,
+        on_script_step,
+        timeout=timeout,
+        cwd=home,
+        log=log,
+    )
 
 
-async def run_script(argv: list[str], env: dict, inputs: ProvisionInputs, on_script_step=None, *,
-                     timeout: float = 300.0, cwd: str | None = None, log=None,
-                     on_timeout=None) -> ProvisionResult:
+async def run_script(
+    argv: list[str],
+    env: dict,
+    inputs: ProvisionInputs,
+    on_script_step=None,
+    *,
+    timeout: float = 300.0,
+    cwd: str | None = None,
+    log=None,
+    on_timeout=None,
+) -> ProvisionResult:
     """Run a provisioning command (provision.sh itself, or ``podman run … provision.sh``) and read
     its progress.
 
@@ -64,9 +89,15 @@ async def run_script(argv: list[str], env: dict, inputs: ProvisionInputs, on_scr
     removing a container the command had started) is awaited.
     """
     proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=cwd, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True, preexec_fn=restore_default_sigint)
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=restore_default_sigint,
+    )
     steps: list[str] = []
     out: list[str] = []
     errors: list[str] = []
@@ -76,7 +107,7 @@ async def run_script(argv: list[str], env: dict, inputs: ProvisionInputs, on_scr
             line = redact(raw.decode(errors="replace").rstrip("\n"), inputs.api_key)
             sink.append(line)
             if is_stdout and line.startswith("::step "):
-                step = line[len("::step "):]
+                step = line[len("::step ") :]
                 steps.append(step)
                 if on_script_step:
                     on_script_step(step)
@@ -84,10 +115,11 @@ async def run_script(argv: list[str], env: dict, inputs: ProvisionInputs, on_scr
                 log.debug("provision[%s]: %s", inputs.analysis_id, line)
 
     try:
-        await asyncio.wait_for(asyncio.gather(read(proc.stdout, out, True),
-                                              read(proc.stderr, errors, False), proc.wait()),
-                               timeout)
-    except (asyncio.TimeoutError, asyncio.CancelledError) as e:
+        await asyncio.wait_for(
+            asyncio.gather(read(proc.stdout, out, True), read(proc.stderr, errors, False), proc.wait()),
+            timeout,
+        )
+    except (TimeoutError, asyncio.CancelledError) as e:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -105,5 +137,11 @@ async def run_script(argv: list[str], env: dict, inputs: ProvisionInputs, on_scr
     return ProvisionResult(seeded=any(s.startswith("seeded") for s in steps), steps=steps, output=output)
 
 
-__all__ = ["run_provision", "run_script", "provision_env", "PROVISION_SH", "BLANK_PROJECT",
-           "restore_default_sigint"]
+__all__ = [
+    "run_provision",
+    "run_script",
+    "provision_env",
+    "PROVISION_SH",
+    "BLANK_PROJECT",
+    "restore_default_sigint",
+]

@@ -4,6 +4,7 @@ A workspace is the named server ``a-<analysisId>`` (JupyterHub allows 1-30 chars
 Kinetic's analysis ids are positive integers; anything else is refused rather than mangled,
 so two different analyses can never map to the same server or the same storage.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,6 +33,6 @@ def analysis_id_from_server_name(name: str) -> str | None:
     if not name or not name.startswith(PREFIX):
         return None
     try:
-        return check_analysis_id(name[len(PREFIX):])
+        return check_analysis_id(name[len(PREFIX) :])
     except BadAnalysisId:
         return None

@@ -17,6 +17,7 @@ What the authenticator must hand over
 it *to this researcher* (at least ``id`` and ``api_key``; ``title`` is used in messages). It is kept
 in memory only: the api key is never written to the hub database (see ``get_state``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,7 +31,14 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Any, CaselessStrEnum, Unicode, default, validate
 
-from .backends import STEP_WAIT, BackendError, ProvisionInputs, WorkspaceBackend, WorkspaceRequest, backend_class
+from .backends import (
+    STEP_WAIT,
+    BackendError,
+    ProvisionInputs,
+    WorkspaceBackend,
+    WorkspaceRequest,
+    backend_class,
+)
 from .slugs import analysis_id_from_server_name, check_analysis_id
 
 # get_state's layout; load_state reads every earlier one (1: the flat state of the "local" backend).
@@ -68,11 +76,12 @@ class WorkspaceSpawner(Spawner):
     # analysis id -> the spawner holding that analysis's workspace in this hub (pending or running).
     # Rebuilt after a hub restart by load_state. The hub's analysis page joins a running workspace
     # through sharing; this registry is the safety net against a second instance on one storage.
-    _active: ClassVar[dict[str, "WorkspaceSpawner"]] = {}
+    _active: ClassVar[dict[str, WorkspaceSpawner]] = {}
 
     # -- configuration ------------------------------------------------------------------------------
     backend = Unicode(
-        "container", config=True,
+        "container",
+        config=True,
         help="""Where workspaces run.
 
         ``container`` (default): one podman container of the workspace image per analysis, uid
@@ -83,7 +92,8 @@ class WorkspaceSpawner(Spawner):
         error). A workspace started by one backend is always stopped by that backend, whatever this
         says after a restart (the backend is part of the saved state). A deployment can add its
         own backend by name to ``kinetic_spawner.backends.BACKENDS`` (``"module:Class"``).
-        """)
+        """,
+    )
 
     @validate("backend")
     def _check_backend(self, proposal):
@@ -91,8 +101,10 @@ class WorkspaceSpawner(Spawner):
         from .backends import BACKENDS
 
         if kind not in BACKENDS and kind != "aws":
-            raise ValueError(f"WorkspaceSpawner.backend must be one of {sorted([*BACKENDS, 'aws'])}, "
-                             f"not {proposal['value']!r}")
+            raise ValueError(
+                f"WorkspaceSpawner.backend must be one of {sorted([*BACKENDS, 'aws'])}, "
+                f"not {proposal['value']!r}"
+            )
         return kind
 
     kinetic_url = Unicode(
@@ -100,26 +112,32 @@ class WorkspaceSpawner(Spawner):
         help="""Base URL of Kinetic (or of the stand-in), from which provisioning downloads the
         analysis's synthetic data. Default: the ``KINETIC_URL`` environment variable. (The
         container backend rewrites a loopback host to its network's gateway.)
-        """)
+        """,
+    )
 
     @default("kinetic_url")
     def _default_kinetic_url(self):
         return os.environ.get("KINETIC_URL", "")
 
     interface = CaselessStrEnum(
-        ["auto", "rstudio", "lab"], default_value="auto", config=True,
+        ["auto", "rstudio", "lab"],
+        default_value="auto",
+        config=True,
         help="""What the researcher lands in.
 
         ``auto`` (default): RStudio (``/rstudio``, via jupyter-rsession-proxy) where the workspace
         has an ``rserver``, else JupyterLab (``/lab``) with the R kernel. ``rstudio`` / ``lab``
         force one. Ignored when ``Spawner.default_url`` is set.
-        """)
+        """,
+    )
 
     cutoff_date = Unicode(
-        "", config=True,
+        "",
+        config=True,
         help="""``YYYY-MM-DD`` written into ``main.r`` when a blank project is seeded (existing
         projects keep theirs). Empty (default): the hub's date on the day of seeding.
-        """)
+        """,
+    )
 
     @validate("cutoff_date")
     def _check_cutoff(self, proposal):
@@ -136,15 +154,19 @@ class WorkspaceSpawner(Spawner):
 
     # -- set by the authenticator for each start (memory only) -------------------------------------
     analysis = Any(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="""The analysis being opened, as Kinetic returned it to this researcher:
         ``{"id", "title", "api_key", ...}``. Set by ``KineticAuthenticator.pre_spawn_start`` before
-        every start; held in memory only (the api key is never saved in the hub's state).""")
+        every start; held in memory only (the api key is never saved in the hub's state).""",
+    )
 
     failure_message = Any(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="""Why the last start failed, in words for the researcher (None while it has not
-        failed). Read by the hub's progress page.""")
+        failed). Read by the hub's progress page.""",
+    )
 
     # -- internals ----------------------------------------------------------------------------------
     def __init__(self, *args, **kwargs):
@@ -154,7 +176,7 @@ class WorkspaceSpawner(Spawner):
         self._starting = False
 
     @classmethod
-    def active_for(cls, analysis_id: str | int) -> "WorkspaceSpawner | None":
+    def active_for(cls, analysis_id: str | int) -> WorkspaceSpawner | None:
         """The spawner holding this analysis's workspace in this hub (starting or running), if any.
 
         For the hub's analysis page: a co-researcher is sent to share that one
@@ -188,8 +210,13 @@ class WorkspaceSpawner(Spawner):
         other = self._active.get(analysis_id)
         if other is not None and other is not self and other._occupies():
             owner = getattr(other.user, "name", "?")
-            self.log.warning("[%s] refused: analysis %s already has a workspace (%s/%s)",
-                             self._who, analysis_id, owner, other.name)
+            self.log.warning(
+                "[%s] refused: analysis %s already has a workspace (%s/%s)",
+                self._who,
+                analysis_id,
+                owner,
+                other.name,
+            )
             raise web.HTTPError(409, f"this analysis already has a workspace running (owned by {owner})")
         self._active[analysis_id] = self
 
@@ -208,13 +235,17 @@ class WorkspaceSpawner(Spawner):
         aid = self.analysis_id
         if aid is None:
             raise web.HTTPError(
-                400, f"{self.name or 'the default server'!r} is not an analysis workspace: workspaces are "
-                     f"named servers a-<analysisId>, opened from /hub/analysis/<analysisId>")
+                400,
+                f"{self.name or 'the default server'!r} is not an analysis workspace: workspaces are "
+                f"named servers a-<analysisId>, opened from /hub/analysis/<analysisId>",
+            )
         analysis = self.analysis
         if not isinstance(analysis, dict) or not analysis.get("api_key"):
             raise web.HTTPError(
-                400, f"analysis {aid} was not handed over by the sign-in: open it from Kinetic "
-                     f"(/hub/analysis/{aid}) rather than starting the server directly")
+                400,
+                f"analysis {aid} was not handed over by the sign-in: open it from Kinetic "
+                f"(/hub/analysis/{aid}) rather than starting the server directly",
+            )
         try:
             given = check_analysis_id(analysis.get("id", ""))
         except ValueError:
@@ -261,8 +292,9 @@ class WorkspaceSpawner(Spawner):
             self._run.finish()
 
     def _fail(self, error: BaseException) -> None:
-        self.failure_message = (getattr(error, "log_message", None) or str(error)
-                                or "the workspace could not start")
+        self.failure_message = (
+            getattr(error, "log_message", None) or str(error) or "the workspace could not start"
+        )
         self._run.finish()
 
     async def _cleanup_failed_start(self):
@@ -281,12 +313,20 @@ class WorkspaceSpawner(Spawner):
         if address.hub_connect_url:
             self.hub_connect_url = address.hub_connect_url
         request = WorkspaceRequest(
-            analysis_id=aid, title=str(analysis.get("title") or f"analysis {aid}"),
-            user=self.user.name, server_name=self.name,
-            provision=ProvisionInputs(analysis_id=aid, api_key=str(analysis["api_key"]),
-                                      kinetic_url=self.kinetic_url,
-                                      cutoff_date=self.cutoff_date or datetime.date.today().isoformat()),
-            hub_env=self.get_env(), args=self.get_args(), default_url=self._landing())
+            analysis_id=aid,
+            title=str(analysis.get("title") or f"analysis {aid}"),
+            user=self.user.name,
+            server_name=self.name,
+            provision=ProvisionInputs(
+                analysis_id=aid,
+                api_key=str(analysis["api_key"]),
+                kinetic_url=self.kinetic_url,
+                cutoff_date=self.cutoff_date or datetime.date.today().isoformat(),
+            ),
+            hub_env=self.get_env(),
+            args=self.get_args(),
+            default_url=self._landing(),
+        )
         ip, port = await backend.start(request, self._emit)
         self._emit(STEP_WAIT, "Waiting for the workspace server to answer")
         return ip, port
@@ -350,8 +390,9 @@ class WorkspaceSpawner(Spawner):
         if self._backend is not None:
             backend_state = self._backend.get_state()
             if backend_state:
-                state.update({"version": STATE_VERSION, "backend": self._backend.kind,
-                              "workspace": backend_state})
+                state.update(
+                    {"version": STATE_VERSION, "backend": self._backend.kind, "workspace": backend_state}
+                )
                 if self.analysis_id:
                     state["analysis_id"] = self.analysis_id
         return state
@@ -365,12 +406,17 @@ class WorkspaceSpawner(Spawner):
         if version == 1:  # flat: {"backend": "local", "home", "ip", "port", "pid", "pid_start"}
             kind = "process" if state["backend"] == "local" else state["backend"]
             inner = {k: v for k, v in state.items() if k not in ("backend", "analysis_id")}
-            return {"version": STATE_VERSION, "backend": kind, "analysis_id": state.get("analysis_id"),
-                    "workspace": inner}
+            return {
+                "version": STATE_VERSION,
+                "backend": kind,
+                "analysis_id": state.get("analysis_id"),
+                "workspace": inner,
+            }
         if version == STATE_VERSION:
             return state
-        raise ValueError(f"saved state version {version} is newer than this release understands "
-                         f"({STATE_VERSION})")
+        raise ValueError(
+            f"saved state version {version} is newer than this release understands ({STATE_VERSION})"
+        )
 
     def load_state(self, state):
         """Restore the handle saved by ``get_state`` (after a hub restart, or when the hub builds

@@ -1,11 +1,19 @@
 """Headless Chromium (Debian's, driven by Playwright; no browser download)."""
+
 from contextlib import asynccontextmanager
 
 from playwright.async_api import async_playwright
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @asynccontextmanager

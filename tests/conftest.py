@@ -6,12 +6,15 @@ from kinetic_auth.standin.seed import KATHERINE, default_seed
 
 from .hub import INSTANCES, remove_containers, running_hub
 from .image_fixtures import workspace_image_fixture  # noqa: F401  (the `workspace_image` fixture)
-from .support import running_standin
+from .support import postgres_bin, running_postgres, running_standin
 
 # An analysis whose text is hostile HTML: every page that shows Kinetic's data must escape it.
 HOSTILE_ANALYSIS = {
-    "id": 105, "title": '<img src=x onerror="window.__pwned=1">Hostile & "title"',
-    "description": "<script>window.__pwned=2</script>", "researchers": [KATHERINE], "study_ids": [15],
+    "id": 105,
+    "title": '<img src=x onerror="window.__pwned=1">Hostile & "title"',
+    "description": "<script>window.__pwned=2</script>",
+    "researchers": [KATHERINE],
+    "study_ids": [15],
 }
 
 
@@ -45,3 +48,14 @@ def no_workspace_left_behind():
     yield
     for instance in sorted(INSTANCES):
         remove_containers(instance)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server for the session (Debian's packages, a temporary data
+    directory, a free port, password auth over TCP; ~2 s to start), a factory of databases:
+    ``postgres.database("hub")`` returns a fresh database's SQLAlchemy URL."""
+    if postgres_bin() is None:
+        pytest.fail("PostgreSQL is not installed: `make deps` installs Debian's postgresql package")
+    with running_postgres() as pg:
+        yield pg

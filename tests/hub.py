@@ -1,13 +1,14 @@
 """A real JupyterHub (with its configurable-http-proxy) started from hub_config/jupyterhub_config.py,
 the same file `make demo` uses, with ports and the state dir moved to the test's own."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import secrets
-import subprocess
 import shutil
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from .support import ROOT, free_port, start_process, stop_process, child_env, wait_for_http
+from .support import ROOT, child_env, free_port, start_process, stop_process, wait_for_http
 
 FAKE_RSERVER_DIR = ROOT / "tests" / "bin"
 
@@ -45,8 +46,11 @@ def container_instance(state_dir: Path) -> str:
 
 
 def remove_containers(instance: str) -> None:
-    out = subprocess.run(["podman", "ps", "-aq", "--filter", f"label=org.kinetic.workspace.instance={instance}"],
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        ["podman", "ps", "-aq", "--filter", f"label=org.kinetic.workspace.instance={instance}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     if out:
         subprocess.run(["podman", "rm", "-f", "-t", "2", *out], capture_output=True)
 
@@ -68,22 +72,36 @@ class Hub:
         extra.write_text(EXTRA_CONFIG)
         path_prefix = f"{FAKE_RSERVER_DIR}:" if rstudio else ""  # for the process backend
         self.env = child_env(
-            KINETIC_STATE_DIR=state_dir, KINETIC_HUB_PORT=self.port, KINETIC_HUB_API_PORT=free_port(),
-            KINETIC_PROXY_API_PORT=free_port(), KINETIC_URL=standin.url, KINETIC_EXTRA_CONFIG=extra,
-            KINETIC_ENCLAVE_PORT=free_port(), KINETIC_SMTP_PORT=free_port(),
+            KINETIC_STATE_DIR=state_dir,
+            KINETIC_HUB_PORT=self.port,
+            KINETIC_HUB_API_PORT=free_port(),
+            KINETIC_PROXY_API_PORT=free_port(),
+            KINETIC_URL=standin.url,
+            KINETIC_EXTRA_CONFIG=extra,
+            KINETIC_ENCLAVE_PORT=free_port(),
+            KINETIC_SMTP_PORT=free_port(),
             TEST_OPERATOR_TOKEN=self.token,
-            **{"KINETIC_ORPHAN_GRACE_SECONDS": 5,
-               **({"TEST_FAKE_RSERVER": FAKE_RSERVER_DIR / "rserver"} if rstudio else {}),
-               **(env_overrides or {})})
+            **{
+                "KINETIC_ORPHAN_GRACE_SECONDS": 5,
+                **({"TEST_FAKE_RSERVER": FAKE_RSERVER_DIR / "rserver"} if rstudio else {}),
+                **(env_overrides or {}),
+            },
+        )
         self.env["PATH"] = path_prefix + self.env["PATH"]
         self.proc = None
 
     # -- process -----------------------------------------------------------------------------
     def start(self, timeout: float = 60):
         self.proc = start_process(
-            [str(Path(sys.executable).parent / "jupyterhub"), "-f",
-             str(ROOT / "hub_config" / "jupyterhub_config.py")],
-            self.log_path, env=self.env, cwd=self.state_dir)
+            [
+                str(Path(sys.executable).parent / "jupyterhub"),
+                "-f",
+                str(ROOT / "hub_config" / "jupyterhub_config.py"),
+            ],
+            self.log_path,
+            env=self.env,
+            cwd=self.state_dir,
+        )
         wait_for_http(self.url + "/hub/api", timeout=timeout, proc=self.proc)
         # the proxy answers 404 until the hub has added its own route; after a crash, the old
         # proxy answers until the new hub replaces it
@@ -150,12 +168,18 @@ class Hub:
         while time.monotonic() < deadline:
             r = s.get(f"{self.url}/hub/analysis/{analysis_id}", allow_redirects=False)
             if r.status_code == 302 and "/user/" in r.headers["Location"]:
-                return s.get(self.url + r.headers["Location"] if r.headers["Location"].startswith("/")
-                             else r.headers["Location"], timeout=30)
+                return s.get(
+                    self.url + r.headers["Location"]
+                    if r.headers["Location"].startswith("/")
+                    else r.headers["Location"],
+                    timeout=30,
+                )
             if "failed" in r.text.lower() and r.status_code >= 400:
                 return r
             time.sleep(0.5)
-        raise TimeoutError(f"workspace for analysis {analysis_id} not ready in {timeout}s\n{self.log()[-3000:]}")
+        raise TimeoutError(
+            f"workspace for analysis {analysis_id} not ready in {timeout}s\n{self.log()[-3000:]}"
+        )
 
     def progress_events(self, s: requests.Session, analysis_id, timeout: float = 90) -> list[dict]:
         events = []

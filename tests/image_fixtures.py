@@ -5,6 +5,7 @@ Import the fixture into a conftest: ``from .image_fixtures import workspace_imag
 The first build on a machine takes about a minute (plus the shared R base if it is missing);
 afterwards the fixture costs a ``podman image exists``.
 """
+
 import asyncio
 import shutil
 import subprocess
@@ -12,8 +13,17 @@ import time
 
 import pytest
 
-PODMAN_RUN = ["podman", "--runtime", "runc", "run", "--rm",
-              "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1024:1024"]
+PODMAN_RUN = [
+    "podman",
+    "--runtime",
+    "runc",
+    "run",
+    "--rm",
+    "--ulimit",
+    "nofile=20000:20000",
+    "--ulimit",
+    "nproc=1024:1024",
+]
 
 
 def podman_ok() -> bool:
@@ -22,8 +32,14 @@ def podman_ok() -> bool:
 
 def run_in(image: str, *cmd: str, args=(), input=None, timeout=120) -> subprocess.CompletedProcess:
     """``podman run --rm [args] image cmd...`` with the runtime and ulimits this machine needs."""
-    return subprocess.run([*PODMAN_RUN, *args, image, *cmd], input=input, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [*PODMAN_RUN, *args, image, *cmd],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session", name="workspace_image")
@@ -32,6 +48,7 @@ def workspace_image_fixture() -> str:
     if not podman_ok() or not shutil.which("debootstrap"):
         pytest.skip("podman, runc and debootstrap are required")
     from kinetic_spawner.image import ensure_workspace_image
+
     t0 = time.monotonic()
     tag = asyncio.run(ensure_workspace_image(on_progress=lambda m: print(f"\n[workspace_image] {m}")))
     print(f"\n[workspace_image] {tag} ready in {time.monotonic() - t0:.1f} s")

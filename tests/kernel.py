@@ -4,6 +4,7 @@ browser does: start a kernel (REST), send an execute_request on its websocket, c
 The security tests use it to attack from *inside* a workspace with nothing but what a researcher
 has: her own R session.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,8 @@ from tornado.websocket import websocket_connect
 class Result:
     stdout: str
     stderr: str
-    error: str        # "" or "ename: evalue"
-    status: str       # "ok", "error", or "dead" (the kernel went away, e.g. killed for its memory)
+    error: str  # "" or "ename: evalue"
+    status: str  # "ok", "error", or "dead" (the kernel went away, e.g. killed for its memory)
 
     @property
     def text(self) -> str:
@@ -34,8 +35,9 @@ class Kernel:
     def __init__(self, server_url: str, token: str, name: str = "ir"):
         self.server_url = server_url.rstrip("/") + "/"
         self.headers = {"Authorization": f"token {token}"}
-        r = requests.post(self.server_url + "api/kernels", json={"name": name}, headers=self.headers,
-                          timeout=60)
+        r = requests.post(
+            self.server_url + "api/kernels", json={"name": name}, headers=self.headers, timeout=60
+        )
         r.raise_for_status()
         self.id = r.json()["id"]
         self.name = r.json()["name"]
@@ -56,13 +58,30 @@ class Kernel:
         ws_url = self.server_url.replace("http", "ws", 1) + f"api/kernels/{self.id}/channels"
         conn = await websocket_connect(HTTPRequest(ws_url, headers=self.headers), max_message_size=64 << 20)
         msg_id = uuid.uuid4().hex
-        await conn.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                       "session": uuid.uuid4().hex, "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-        }))
+        await conn.write_message(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": "test",
+                        "session": uuid.uuid4().hex,
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         return conn, msg_id
 
     async def _run(self, code: str, timeout: float) -> Result:
@@ -74,13 +93,15 @@ class Kernel:
             while True:
                 left = deadline - loop.time()
                 if left <= 0:
-                    raise TimeoutError(f"kernel did not finish within {timeout} s; output so far: "
-                                       f"{''.join(out)[-500:]}")
+                    raise TimeoutError(
+                        f"kernel did not finish within {timeout} s; output so far: {''.join(out)[-500:]}"
+                    )
                 try:
                     raw = await asyncio.wait_for(conn.read_message(), left)
-                except asyncio.TimeoutError:
-                    raise TimeoutError(f"kernel did not finish within {timeout} s; output so far: "
-                                       f"{''.join(out)[-500:]}") from None
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"kernel did not finish within {timeout} s; output so far: {''.join(out)[-500:]}"
+                    ) from None
                 if raw is None:
                     return Result("".join(out), "".join(err), error or "connection closed", "dead")
                 msg = json.loads(raw)

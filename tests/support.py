@@ -1,4 +1,5 @@
 """Helpers the tests share: free ports, starting real servers as subprocesses, waiting for them."""
+
 from __future__ import annotations
 
 import os
@@ -47,9 +48,15 @@ def wait_for_http(url: str, timeout: float = 30, proc: subprocess.Popen | None =
 def start_process(args: list[str], log_path: Path, env: dict | None = None, cwd: Path | None = None):
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env or child_env(),
-                            cwd=cwd or ROOT, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env or child_env(),
+        cwd=cwd or ROOT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
@@ -83,8 +90,11 @@ class Standin:
 
     def records(self) -> dict:
         """What the enclave told the stand-in (keys masked); the endpoint wants the records token."""
-        r = requests.get(f"{self.url}/standin/records", timeout=5,
-                         headers={"Authorization": f"Bearer {self.records_token()}"})
+        r = requests.get(
+            f"{self.url}/standin/records",
+            timeout=5,
+            headers={"Authorization": f"Bearer {self.records_token()}"},
+        )
         r.raise_for_status()
         return r.json()
 
@@ -93,8 +103,19 @@ class Standin:
 def running_standin(state_dir: Path, seed_file: Path | None = None):
     port = free_port()
     # beyond loopback: workspace containers fetch synthetic data through their network's gateway
-    args = [sys.executable, "-m", "kinetic_auth.standin.app", "--port", str(port), "--ip", "0.0.0.0",
-            "--public-url", f"http://127.0.0.1:{port}", "--state-dir", str(state_dir)]
+    args = [
+        sys.executable,
+        "-m",
+        "kinetic_auth.standin.app",
+        "--port",
+        str(port),
+        "--ip",
+        "0.0.0.0",
+        "--public-url",
+        f"http://127.0.0.1:{port}",
+        "--state-dir",
+        str(state_dir),
+    ]
     if seed_file:
         args += ["--seed", str(seed_file)]
     proc = start_process(args, state_dir / "standin.log")
@@ -109,8 +130,10 @@ def running_standin(state_dir: Path, seed_file: Path | None = None):
 # -- PostgreSQL ------------------------------------------------------------------------------------
 def postgres_bin() -> Path | None:
     """Debian's PostgreSQL server programs (``/usr/lib/postgresql/<version>/bin``), newest first."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
-                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
     return found[-1].parent if found else None
 
 
@@ -129,8 +152,14 @@ class Postgres:
     def connect(self, dbname: str = "postgres", user: str | None = None, password: str | None = None):
         import psycopg  # the test extra; imported here so support.py loads without it
 
-        return psycopg.connect(host="127.0.0.1", port=self.port, dbname=dbname, autocommit=True,
-                               user=user or self.superuser, password=password or self.password)
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            dbname=dbname,
+            autocommit=True,
+            user=user or self.superuser,
+            password=password or self.password,
+        )
 
     def database(self, name: str, password: str | None = None, driver: str = "psycopg") -> str:
         """Create database ``name`` owned by a new role ``name`` (password: ``password`` or a
@@ -143,9 +172,14 @@ class Postgres:
             raise ValueError(f"database {name!r} exists already: take another name per use")
         password = password or _secrets.token_hex(12)
         with self.connect() as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(name), sql.Literal(password)))
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(password)
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(name))
+            )
         self._made.add(name)
         return f"postgresql+{driver}://{name}:{password}@127.0.0.1:{self.port}/{name}"
 
@@ -180,21 +214,59 @@ def running_postgres(version_bin: Path | None = None):
     port = free_port()
     log = base / "server.log"
     try:
-        subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "kinetic",
-                        "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={base / 'pwfile'}",
-                        "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
-                       check=True, capture_output=True, text=True, timeout=60)
-        options = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off")
-        started = subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                                  str(log), "-w", "-t", "30", "start"], capture_output=True, text=True,
-                                 timeout=60)
+        subprocess.run(
+            [
+                *run_as,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "kinetic",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={base / 'pwfile'}",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        options = (
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off"
+        )
+        started = subprocess.run(
+            [
+                *run_as,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if started.returncode != 0:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"PostgreSQL did not start: {started.stdout}{started.stderr}\n{tail}")
         yield Postgres(port, "kinetic", password, data)
     finally:
         if (data / "postmaster.pid").exists():
-            subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
-                            "stop"], capture_output=True, timeout=60)
+            subprocess.run(
+                [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(base, ignore_errors=True)

@@ -1,4 +1,5 @@
 """Signing in from Kinetic: the SSO cookie is the only way in, and a bad one is refused in words."""
+
 import os
 import re
 import time
@@ -41,7 +42,7 @@ def test_sign_in_lists_the_researchers_analyses(hub):
     assert home.status_code == 200
     assert "Reading time and quiz scores" in home.text and "Spaced practice effects" in home.text
     assert "Hint usage by course" not in home.text  # Grace's alone
-    assert f'href="/hub/analysis/101"' in home.text
+    assert 'href="/hub/analysis/101"' in home.text
     visible = re.sub(r"<(noscript|script|style|head)\b.*?</\1>|<[^>]+>", " ", home.text, flags=re.S)
     assert "JupyterHub" not in visible and "Kinetic" in visible  # no jargon shown to researchers
 
@@ -62,10 +63,20 @@ def test_forged_tampered_wrong_key_expired_and_garbage_cookies_are_refused(hub, 
     parts = good.split(".")
     parts[3] = parts[3][:-4] + ("AAAA" if parts[3][-4:] != "AAAA" else "BBBB")
     tampered = ".".join(parts)
-    cases = {"forged": forged, "tampered": tampered, "wrong key": wrong_key, "expired": expired,
-             "garbage": "not-a-token"}
-    reasons = {"forged": "signature", "tampered": "decrypted", "wrong key": "decrypted",
-               "expired": "expired", "garbage": "not an encrypted"}
+    cases = {
+        "forged": forged,
+        "tampered": tampered,
+        "wrong key": wrong_key,
+        "expired": expired,
+        "garbage": "not-a-token",
+    }
+    reasons = {
+        "forged": "signature",
+        "tampered": "decrypted",
+        "wrong key": "decrypted",
+        "expired": "expired",
+        "garbage": "not an encrypted",
+    }
     for name, token in cases.items():
         s, r = _login_with(hub, token)
         assert r.status_code == 403, (name, r.status_code)

@@ -1,5 +1,6 @@
 """The whole path a newcomer walks in the demo, in Chromium against the real deployment config:
 open the analysis, submit it, two reviewers approve, the mail arrives, the researcher downloads."""
+
 import email
 import hashlib
 import io
@@ -28,8 +29,9 @@ async def _wait_for_state(page, url, states, timeout=300):
         state = (await page.locator("#state").inner_text()).strip()
         if state in states:
             return state
-        assert not state.startswith("failed") and state not in ("rejected", "withdrawn"), \
+        assert not state.startswith("failed") and state not in ("rejected", "withdrawn"), (
             f"{state}: {await page.locator('body').inner_text()}"
+        )
         await page.wait_for_timeout(1000)
     raise TimeoutError(f"run at {url} never reached {states}")
 
@@ -69,8 +71,11 @@ async def test_submit_review_twice_mail_and_download(hub):
             mails = [m for m in mails if "ada.lovelace@example.org" in m["To"] and run_id in str(m)]
             time.sleep(0.5)
         assert mails, "no release mail for Ada"
-        body = mails[-1].get_payload(decode=True).decode() if not mails[-1].is_multipart() else \
-            mails[-1].get_payload(0).get_payload(decode=True).decode()
+        body = (
+            mails[-1].get_payload(decode=True).decode()
+            if not mails[-1].is_multipart()
+            else mails[-1].get_payload(0).get_payload(decode=True).decode()
+        )
         assert f"/services/enclave/runs/{run_id}" in body
         assert not re.search(r"token=|[?&]sig=|_xsrf", body)
 
@@ -83,5 +88,7 @@ async def test_submit_review_twice_mail_and_download(hub):
     assert files, manifest
     for name, digest in files.items():
         member = name if name in z.namelist() else f"output/{name}"
-        assert hashlib.sha256(z.read(member)).hexdigest() == (digest if isinstance(digest, str) else digest["sha256"])
+        assert hashlib.sha256(z.read(member)).hexdigest() == (
+            digest if isinstance(digest, str) else digest["sha256"]
+        )
     hub.stop_workspace(ADA, "a-102")

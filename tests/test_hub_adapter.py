@@ -2,6 +2,7 @@
 
 These call JupyterHub's own OAuth authorization check; they fail when a JupyterHub release changes
 what the adapter relies on, which is the signal to update that module."""
+
 from types import SimpleNamespace
 
 from jupyterhub.apihandlers.auth import OAuthAuthorizeHandler
@@ -23,7 +24,9 @@ def _needs_confirm(settings, client_id="jupyterhub-user-ada-a-101"):
     handler = SimpleNamespace(settings=settings, db=_NoTokens(), log=SimpleNamespace(debug=print))
     grace = SimpleNamespace(id=2, name="grace", spawners={})  # Grace owns no server of her own
     client = SimpleNamespace(identifier=client_id)
-    return OAuthAuthorizeHandler.needs_oauth_confirm(handler, grace, client, ["access:servers!server=ada/a-101"])
+    return OAuthAuthorizeHandler.needs_oauth_confirm(
+        handler, grace, client, ["access:servers!server=ada/a-101"]
+    )
 
 
 def test_a_joined_workspace_needs_no_confirmation_page():
@@ -41,7 +44,9 @@ def test_the_hub_keeps_the_setting_it_starts_with():
 
     from jupyterhub import app
 
-    assert "oauth_no_confirm_list=oauth_no_confirm_list" in inspect.getsource(app.JupyterHub.init_tornado_settings)
+    assert "oauth_no_confirm_list=oauth_no_confirm_list" in inspect.getsource(
+        app.JupyterHub.init_tornado_settings
+    )
     settings = {"oauth_no_confirm_list": set()}
     same = settings["oauth_no_confirm_list"]
     skip_oauth_confirmation(settings, "x")

@@ -1,4 +1,5 @@
 """The hub pages' own logic without a hub: display names and the progress event stream."""
+
 import asyncio
 import json
 from types import SimpleNamespace
@@ -11,11 +12,11 @@ from kinetic_auth.handlers import GENERIC_FAILURE, AnalysisProgressHandler, disp
 def test_display_names_are_the_title_made_valid_for_jupyterhub():
     cases = {
         "Spaced practice effects": "Spaced practice effects",
-        '<img src=x onerror="window.__pwned=1">Hostile & "title"':
-            '<img src=x onerror="window.__pwned=1">Hostile & "title"',
+        '<img src=x onerror="window.__pwned=1">Hostile & "title"': '<img src=x onerror="window.__pwned=1">Hostile & "title"',
         "  tabs\tand\nnewlines   and  spaces ": "tabs and newlines and spaces",
         "x" * 400: "x" * 255,
-        "": "Analysis 7", "\u200b\t ": "Analysis 7",
+        "": "Analysis 7",
+        "\u200b\t ": "Analysis 7",
         "Cafe\u0301 études": "Café études",
     }
     for title, expected in cases.items():
@@ -57,8 +58,12 @@ class Recorder(AnalysisProgressHandler):
         self.sent.append(json.loads(json.dumps(event)))
 
 
-STEPS = [{"progress": 10, "message": "Finding a host"}, {"progress": 50, "message": "<b>Provisioning</b>"},
-         {"progress": 30, "message": "late"}, {"progress": 100, "message": "Starting", "html_message": "<i>x</i>"}]
+STEPS = [
+    {"progress": 10, "message": "Finding a host"},
+    {"progress": 50, "message": "<b>Provisioning</b>"},
+    {"progress": 30, "message": "late"},
+    {"progress": 100, "message": "Starting", "html_message": "<i>x</i>"},
+]
 
 
 async def test_the_stream_sends_each_step_then_ready_with_the_workspace_url():
@@ -68,8 +73,12 @@ async def test_the_stream_sends_each_step_then_ready_with_the_workspace_url():
     assert all("html_message" not in e for e in h.sent)  # messages are text, never HTML
     progress = [e["progress"] for e in h.sent]
     assert progress == sorted(progress) and progress[-1] == 100
-    assert h.sent[-1] == {"progress": 100, "ready": True, "message": "Your workspace is ready.",
-                          "url": "/user/ada/a-101/"}
+    assert h.sent[-1] == {
+        "progress": 100,
+        "ready": True,
+        "message": "Your workspace is ready.",
+        "url": "/user/ada/a-101/",
+    }
 
 
 async def test_a_failed_start_ends_the_stream_with_the_spawners_reason():
@@ -86,8 +95,9 @@ async def test_a_start_already_over_answers_at_once():
     spawner = FakeSpawner([], "ready")
     spawner.ready = True
     await asyncio.wait_for(h.stream(spawner), 1)
-    assert h.sent == [{"progress": 100, "ready": True, "message": "Your workspace is ready.",
-                       "url": "/user/ada/a-101/"}]
+    assert h.sent == [
+        {"progress": 100, "ready": True, "message": "Your workspace is ready.", "url": "/user/ada/a-101/"}
+    ]
     h = Recorder()
     spawner = FakeSpawner([], "failed", failure_message=None)
     spawner.active = False

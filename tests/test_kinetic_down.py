@@ -1,4 +1,5 @@
 """When Kinetic does not answer, researchers are told so in words and nothing is started."""
+
 import requests
 
 from kinetic_auth.standin.seed import ADA

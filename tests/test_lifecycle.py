@@ -1,4 +1,5 @@
 """What outlives what: idle workspaces lose compute but keep files; workspaces outlive the hub."""
+
 import time
 
 import pytest
@@ -42,7 +43,7 @@ def test_a_computing_workspace_is_not_culled_while_an_idle_one_is(own_state, sta
         grace.close()
         token = hub.api("POST", f"/users/{ADA}/tokens", json={"expires_in": 600}).json()["token"]
         kernel = Kernel(f"{hub.url}/user/{ADA}/a-101/", token)
-        kernel.submit('for (i in 1:120) Sys.sleep(1)', watch=3)  # two silent minutes of work
+        kernel.submit("for (i in 1:120) Sys.sleep(1)", watch=3)  # two silent minutes of work
         assert kernel.state() == "busy"
         t0 = time.monotonic()
         while hub.servers(GRACE).get("a-103", {}).get("ready"):

@@ -1,4 +1,5 @@
 """provision.sh against the real Kinetic stand-in, run by the same function the spawner uses."""
+
 import asyncio
 import datetime
 import os
@@ -10,8 +11,8 @@ import requests
 
 from kinetic_auth.standin.seed import ADA
 from kinetic_spawner.backends import BackendError, ProvisionInputs
-from kinetic_spawner.provisioning import run_provision
 from kinetic_spawner.fetch_data import file_names
+from kinetic_spawner.provisioning import run_provision
 
 from .support import free_port
 
@@ -64,7 +65,7 @@ async def test_first_run_seeds_then_second_run_keeps_the_researchers_work(standi
     main.write_text(edited)
     (home / "kinetic" / "my_notes.r").write_text("x <- 1\n")
     (home / "kinetic" / "data" / "my_lookup.csv").write_text("course,label\nbiology,Bio\n")
-    (home / ".Renviron").write_text(f"R_LIBS_USER=~/R\nANALYSIS_API_KEY=old-key\nTZ=UTC\n")
+    (home / ".Renviron").write_text("R_LIBS_USER=~/R\nANALYSIS_API_KEY=old-key\nTZ=UTC\n")
 
     steps = []
     result = await run_provision(str(home), inputs(standin.url, api_key, cutoff="2020-01-01"), steps.append)
@@ -75,7 +76,10 @@ async def test_first_run_seeds_then_second_run_keeps_the_researchers_work(standi
     assert (home / "kinetic" / "my_notes.r").read_text() == "x <- 1\n"
     assert (home / "kinetic" / "data" / "my_lookup.csv").exists()
     assert (home / ".Renviron").read_text().splitlines() == [
-        "R_LIBS_USER=~/R", "TZ=UTC", f"ANALYSIS_API_KEY={api_key}"]
+        "R_LIBS_USER=~/R",
+        "TZ=UTC",
+        f"ANALYSIS_API_KEY={api_key}",
+    ]
     # data refreshed for the project's cutoff, nothing half-written left behind
     assert (home / "kinetic" / "data" / "responses.csv").read_text().startswith("student_id,")
     assert not list((home / "kinetic" / "data").glob(".*part"))
@@ -122,12 +126,16 @@ async def test_the_api_key_never_appears_in_any_process_arguments(standin, api_k
                     pass
         await asyncio.sleep(0.01)
     await task
-    assert any(b"provision.sh" in c for c in seen)          # we did watch the script run
-    assert any(b"kinetic-fetch-data" in c for c in seen)    # and the download
+    assert any(b"provision.sh" in c for c in seen)  # we did watch the script run
+    assert any(b"kinetic-fetch-data" in c for c in seen)  # and the download
     assert not [c for c in seen if api_key.encode() in c]
 
 
 def test_data_file_names_are_stable_and_unique():
-    assert file_names(["http://k/data/1/synthetic/2026-01-01/abc/responses.csv",
-                       "http://k/other/responses.csv", "http://k/x/extra"]) == [
-        "responses.csv", "responses-2.csv", "extra.csv"]
+    assert file_names(
+        [
+            "http://k/data/1/synthetic/2026-01-01/abc/responses.csv",
+            "http://k/other/responses.csv",
+            "http://k/x/extra",
+        ]
+    ) == ["responses.csv", "responses-2.csv", "extra.csv"]

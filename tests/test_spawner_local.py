@@ -5,6 +5,7 @@ One workspace is started for the module and shared by the tests below (starting 
 seconds); the tests run in file order: start → use → second researcher refused → hub restart
 → stop.
 """
+
 import asyncio
 import os
 import time
@@ -12,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from tornado import web
-from traitlets.config import Config
-
 from jupyterhub.tests.mocking import MockHub
 from jupyterhub.tests.utils import add_user, api_request, async_requests, public_url
+from tornado import web
+from traitlets.config import Config
 
 from kinetic_auth.standin.seed import ADA
 from kinetic_spawner.backends.process import process_start_time
@@ -39,7 +39,7 @@ def group_members(pgid: int) -> list[int]:
                 stat = Path(f"/proc/{pid}/stat").read_text()
             except OSError:
                 continue
-            rest = stat[stat.rfind(")") + 2:].split()
+            rest = stat[stat.rfind(")") + 2 :].split()
             if rest[0] != "Z" and int(rest[2]) == pgid:
                 pids.append(int(pid))
     return pids
@@ -63,8 +63,13 @@ async def hub(standin, tmp_path_factory):
     cfg.HomesOnThisHost.workspaces_root = str(root)
     cfg.WorkspaceSpawner.kinetic_url = standin.url
     cfg.ProcessBackend.stop_timeout = 5
-    app = MockHub.instance(config=cfg, spawner_class=WorkspaceSpawner, allow_named_servers=True,
-                           cleanup_servers=False, cookie_secret=os.urandom(32))
+    app = MockHub.instance(
+        config=cfg,
+        spawner_class=WorkspaceSpawner,
+        allow_named_servers=True,
+        cleanup_servers=False,
+        cookie_secret=os.urandom(32),
+    )
     await app.initialize([])
     await app.start()
     for name in ("ada", "grace"):
@@ -109,19 +114,30 @@ async def workspace(hub, analysis):
     started = time.monotonic() - t0
     await asyncio.wait_for(follower, 5)
     print(f"\nworkspace ready in {started:.1f}s")
-    return {"user": user, "spawner": spawner, "events": events, "seconds": started,
-            "ready_at": time.monotonic(),
-            "token": user.new_api_token(note="test")}
+    return {
+        "user": user,
+        "spawner": spawner,
+        "events": events,
+        "seconds": started,
+        "ready_at": time.monotonic(),
+        "token": user.new_api_token(note="test"),
+    }
 
 
 async def test_start_reports_each_step_in_order(workspace):
     messages = [e["message"] for _, e in workspace["events"]]
     progress = [e["progress"] for _, e in workspace["events"]]
     assert progress == sorted(progress)
-    expected = ["Acquiring a host", "Preparing storage", "Provisioning the workspace",
-                "Provisioning: seeded the blank project", "Downloading synthetic data",
-                "Synthetic data downloaded", "Starting the workspace server (RStudio)",
-                "Waiting for the workspace server to answer"]
+    expected = [
+        "Acquiring a host",
+        "Preparing storage",
+        "Provisioning the workspace",
+        "Provisioning: seeded the blank project",
+        "Downloading synthetic data",
+        "Synthetic data downloaded",
+        "Starting the workspace server (RStudio)",
+        "Waiting for the workspace server to answer",
+    ]
     found = [next(i for i, m in enumerate(messages) if m.startswith(x)) for x in expected]
     assert found == sorted(found), messages
     # events arrived as they happened (the first long before the server answered), not at the end
@@ -140,8 +156,9 @@ async def test_workspace_answers_with_rstudio_through_the_proxy(hub, workspace):
     assert b"/usr/share/jupyter" in jupyter_path.split(b":")  # where Debian put the `ir` kernel
     kernels = await async_requests.get(public_url(hub, user, f"{SERVER}/api/kernelspecs"), headers=headers)
     assert "ir" in kernels.json()["kernelspecs"]  # JupyterLab offers R in the workspace
-    landing = await async_requests.get(public_url(hub, user, f"{SERVER}/"), headers=headers,
-                                       allow_redirects=False)
+    landing = await async_requests.get(
+        public_url(hub, user, f"{SERVER}/"), headers=headers, allow_redirects=False
+    )
     assert landing.headers["Location"].split("?")[0].endswith(f"/user/ada/{SERVER}/rstudio")
     r = await async_requests.get(public_url(hub, user, f"{SERVER}/rstudio/"), headers=headers)
     assert r.status_code == 200 and "RStudio (test stand-in)" in r.text, r.text[:500]

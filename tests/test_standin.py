@@ -1,4 +1,5 @@
 """The stand-in speaks Kinetic's shapes: cookie format, authorization by cookie, data, enclave API."""
+
 import json
 
 import requests
@@ -12,8 +13,9 @@ def test_sign_in_sets_a_real_format_sso_cookie(standin):
     s = requests.Session()
     token = standin.sign_in(s, ADA)
     keys = ensure_standin_keys(standin.state_dir)
-    who = sso.decode(token, sso.load_signing_key(keys.public_key_pem),
-                     sso.load_encryption_key(keys.encryption_key))
+    who = sso.decode(
+        token, sso.load_signing_key(keys.public_key_pem), sso.load_encryption_key(keys.encryption_key)
+    )
     assert who.uuid == ADA
     assert token.count(".") == 4  # compact JWE
 
@@ -44,29 +46,43 @@ def test_real_data_needs_the_enclave_key(standin):
     assert syn["status"] == "complete" and "/synthetic/" in syn["response_urls"][0]
     csv = requests.get(syn["response_urls"][0]).text
     assert csv.startswith("student_id,") and "synthetic-0001" in csv
-    bad = requests.get(f"{standin.url}/api/v1/researcher/responses/{key}",
-                       headers={"Authorization": "Bearer nope"})
+    bad = requests.get(
+        f"{standin.url}/api/v1/researcher/responses/{key}", headers={"Authorization": "Bearer nope"}
+    )
     assert bad.status_code == 401
     enclave_key = ensure_standin_keys(standin.state_dir).enclave_key
-    real = requests.get(f"{standin.url}/api/v1/researcher/responses/{key}?cutoff=2026-01-01",
-                        headers={"Authorization": f"Bearer {enclave_key}"}).json()
+    real = requests.get(
+        f"{standin.url}/api/v1/researcher/responses/{key}?cutoff=2026-01-01",
+        headers={"Authorization": f"Bearer {enclave_key}"},
+    ).json()
     assert "/real/" in real["response_urls"][0]
 
 
 def test_enclave_calls_are_recorded(standin):
     key = ensure_standin_keys(standin.state_dir).enclave_key
     h = {"Authorization": f"Bearer {key}"}
-    run = requests.post(f"{standin.url}/api/v1/enclave/runs", json={"analysis_id": 102, "message": "go"},
-                        headers=h).json()
+    run = requests.post(
+        f"{standin.url}/api/v1/enclave/runs", json={"analysis_id": 102, "message": "go"}, headers=h
+    ).json()
     assert run["api_key"].startswith("r") and run["analysis_api_key"].startswith("a")
-    assert requests.post(f"{standin.url}/api/v1/enclave/runs/log", headers=h,
-                         json={"api_key": run["api_key"], "stage": "run", "level": "info",
-                               "message": "hello"}).ok
-    assert requests.post(f"{standin.url}/api/v1/enclave/runs/log", headers=h,
-                         json={"api_key": run["api_key"], "stage": "bogus", "level": "info",
-                               "message": "x"}).status_code == 400
-    assert requests.put(f"{standin.url}/api/v1/enclave/runs/completion", headers=h,
-                        json={"api_key": run["api_key"], "status": "failure"}).ok
+    assert requests.post(
+        f"{standin.url}/api/v1/enclave/runs/log",
+        headers=h,
+        json={"api_key": run["api_key"], "stage": "run", "level": "info", "message": "hello"},
+    ).ok
+    assert (
+        requests.post(
+            f"{standin.url}/api/v1/enclave/runs/log",
+            headers=h,
+            json={"api_key": run["api_key"], "stage": "bogus", "level": "info", "message": "x"},
+        ).status_code
+        == 400
+    )
+    assert requests.put(
+        f"{standin.url}/api/v1/enclave/runs/completion",
+        headers=h,
+        json={"api_key": run["api_key"], "status": "failure"},
+    ).ok
     ends = [r["endpoint"] for r in standin.records()["records"]]
     assert ends[-3:] == ["runs", "log", "completion"]
 
@@ -74,11 +90,14 @@ def test_enclave_calls_are_recorded(standin):
 def test_records_need_the_token_and_never_hold_keys(standin):
     key = ensure_standin_keys(standin.state_dir).enclave_key
     h = {"Authorization": f"Bearer {key}"}
-    run = requests.post(f"{standin.url}/api/v1/enclave/runs", json={"analysis_id": 101, "message": "k"},
-                        headers=h).json()
-    assert requests.post(f"{standin.url}/api/v1/enclave/runs/log", headers=h,
-                         json={"api_key": run["api_key"], "stage": "run", "level": "info",
-                               "message": "x"}).ok
+    run = requests.post(
+        f"{standin.url}/api/v1/enclave/runs", json={"analysis_id": 101, "message": "k"}, headers=h
+    ).json()
+    assert requests.post(
+        f"{standin.url}/api/v1/enclave/runs/log",
+        headers=h,
+        json={"api_key": run["api_key"], "stage": "run", "level": "info", "message": "x"},
+    ).ok
     # a workspace can reach the stand-in over the network: without the token, nothing
     for headers in ({}, {"Authorization": "Bearer wrong"}, h):
         r = requests.get(f"{standin.url}/standin/records", headers=headers)
@@ -91,24 +110,44 @@ def test_records_need_the_token_and_never_hold_keys(standin):
     analysis_key = s.get(f"{standin.url}/api/v1/researcher/analysis/101").json()["api_key"]
     for secret in (run["api_key"], run["analysis_api_key"], analysis_key, key):
         assert secret not in text
-    for page in ("/", ):  # the demo's index page lists records too
+    for page in ("/",):  # the demo's index page lists records too
         assert run["api_key"] not in requests.get(standin.url + page).text
     assert run["api_key"] not in (standin.state_dir / "standin-enclave-calls.jsonl").read_text()
     # still comparable: the run and its log lines carry the same fingerprint
     mine = next(r for r in data["runs"] if r["id"] == run["id"])
     assert mine["api_key"].startswith("masked:")
-    assert any(rec["endpoint"] == "log" and rec["body"]["api_key"] == mine["api_key"] for rec in data["records"])
+    assert any(
+        rec["endpoint"] == "log" and rec["body"]["api_key"] == mine["api_key"] for rec in data["records"]
+    )
 
 
 ALLOWED = "http://127.0.0.1:8000/hub/login?next=%2Fhub%2Fhome"
 HOSTILE_RETURNS = [
-    "/\\evil.example", "/\\/evil.example", "\\\\evil.example", "//evil.example", "///evil.example",
-    "/\t/evil.example", "/\n/evil.example", "/\r/evil.example", "\t//evil.example",
-    "http://evil.example/", "https://evil.example/x", "http://127.0.0.1\\@evil.example/",
-    "http://evil.example\\@127.0.0.1/", "http://127.0.0.1@evil.example/", "http://user@127.0.0.1/",
-    "http:\\\\evil.example", "http:/\\evil.example", "http:evil.example", "javascript:alert(1)",
-    "JavaScript:alert(1)", " javascript:alert(1)", "data:text/html,<script>alert(1)</script>",
-    "http://127.0.0.1:99999/", "http://127.0.0.1.evil.example/", "http://localhost%2eevil.example/",
+    "/\\evil.example",
+    "/\\/evil.example",
+    "\\\\evil.example",
+    "//evil.example",
+    "///evil.example",
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "/\r/evil.example",
+    "\t//evil.example",
+    "http://evil.example/",
+    "https://evil.example/x",
+    "http://127.0.0.1\\@evil.example/",
+    "http://evil.example\\@127.0.0.1/",
+    "http://127.0.0.1@evil.example/",
+    "http://user@127.0.0.1/",
+    "http:\\\\evil.example",
+    "http:/\\evil.example",
+    "http:evil.example",
+    "javascript:alert(1)",
+    "JavaScript:alert(1)",
+    " javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "http://127.0.0.1:99999/",
+    "http://127.0.0.1.evil.example/",
+    "http://localhost%2eevil.example/",
 ]
 
 
@@ -141,4 +180,7 @@ def test_every_return_link_resolves_to_an_allowed_origin_as_a_browser_would(stan
         location = _return_of(standin, r)
         browser = location.replace("\\", "/").replace("\t", "").replace("\n", "").replace("\r", "")
         target = urlsplit(urljoin(base, browser))
-        assert target.scheme in ("http", "https") and target.hostname in ("127.0.0.1", "localhost"), (r, location)
+        assert target.scheme in ("http", "https") and target.hostname in ("127.0.0.1", "localhost"), (
+            r,
+            location,
+        )

@@ -1,6 +1,7 @@
 """The workspace image (kinetic_spawner/image), tried for real in podman: who runs, what is
 installed, which kernel is the default, when RStudio is offered, provisioning inside the
 container as uid 1010 against the Kinetic stand-in, and a tag that follows its inputs."""
+
 import importlib.metadata
 import json
 import os
@@ -29,8 +30,15 @@ from .support import (
 needs_podman = pytest.mark.skipif(not podman_ok(), reason="podman and runc are required")
 FAKE_RSERVER = ROOT / "tests" / "bin" / "rserver"
 # Roughly what the container backend does: read-only image, tmpfs /tmp, the home mounted.
-CONFINED = ["--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777", "--cap-drop", "ALL",
-            "--security-opt", "no-new-privileges"]
+CONFINED = [
+    "--read-only",
+    "--tmpfs",
+    "/tmp:rw,nosuid,nodev,mode=1777",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+]
 
 
 def make_home(tmp_path, name="home") -> Path:
@@ -57,14 +65,17 @@ echo end
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[:4] == ["1010", "1010", "editor", "HOME=/home/editor"]
-    assert lines[4] == importlib.metadata.version("jupyterhub")      # the hub's own version
-    specs = json.loads("\n".join(lines[5:lines.index("4 ")]))["kernelspecs"]
+    assert lines[4] == importlib.metadata.version("jupyterhub")  # the hub's own version
+    specs = json.loads("\n".join(lines[5 : lines.index("4 ")]))["kernelspecs"]
     assert specs["ir"]["spec"]["language"] == "R"
     assert "irkernel ok" in lines and "python 3 11" in lines
     assert not [x for x in lines if x.startswith(("FOUND", "SETID"))]
     assert lines[-1] == "end"
-    info = json.loads(subprocess.run(["podman", "image", "inspect", workspace_image],
-                                     capture_output=True, text=True, check=True).stdout)[0]
+    info = json.loads(
+        subprocess.run(
+            ["podman", "image", "inspect", workspace_image], capture_output=True, text=True, check=True
+        ).stdout
+    )[0]
     assert info["Config"]["User"] == "1010:1010"
     env = dict(e.split("=", 1) for e in info["Config"]["Env"])
     assert env["PATH"].split(":")[:2] == ["/opt/kinetic/bin", "/opt/kinetic/venv/bin"]
@@ -76,8 +87,11 @@ echo end
 @needs_podman
 def test_r_packages_are_exactly_the_enclaves(workspace_image):
     from enclave_service.images import base_image_tag
-    listing = ("ip <- installed.packages(); "
-               "cat(sort(paste(ip[, 'Package'], ip[, 'Version'], ip[, 'LibPath'])), sep = '\\n')")
+
+    listing = (
+        "ip <- installed.packages(); "
+        "cat(sort(paste(ip[, 'Package'], ip[, 'Version'], ip[, 'LibPath'])), sep = '\\n')"
+    )
     ours = run_in(workspace_image, "Rscript", "-e", listing, args=["--network", "none"])
     enclave = run_in(base_image_tag(), "Rscript", "-e", listing, args=["--network", "none"])
     assert ours.returncode == 0 and enclave.returncode == 0, ours.stderr + enclave.stderr
@@ -86,7 +100,7 @@ def test_r_packages_are_exactly_the_enclaves(workspace_image):
 
 
 # -- the server: default kernel, settings, RStudio only where rserver exists ----------------------
-PROBE = r'''
+PROBE = r"""
 import json, subprocess, time, urllib.error, urllib.request
 srv = subprocess.Popen(["jupyter-server", "--ServerApp.token=probe", "--ip=127.0.0.1",
                         "--port=8888", "--no-browser"],
@@ -121,13 +135,18 @@ finally:
     srv.terminate()
     srv.wait(20)
 print("PROBE " + json.dumps(out))
-'''
+"""
 
 
 def probe_server(image, home, extra_args=()):
-    r = run_in(image, "python3", "-", input=PROBE, timeout=180,
-               args=["-i", "--network", "none", *CONFINED, "-v", f"{home}:/home/editor",
-                     *extra_args])
+    r = run_in(
+        image,
+        "python3",
+        "-",
+        input=PROBE,
+        timeout=180,
+        args=["-i", "--network", "none", *CONFINED, "-v", f"{home}:/home/editor", *extra_args],
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout.split("PROBE ", 1)[1])
 
@@ -136,10 +155,10 @@ def probe_server(image, home, extra_args=()):
 def test_r_is_the_default_kernel_and_rstudio_is_hidden_without_rserver(workspace_image, tmp_path):
     out = probe_server(workspace_image, make_home(tmp_path))
     assert out["kernelspecs"]["default"] == "ir"
-    assert out["kernel"] == "ir"                  # a console that names no kernel gets R
+    assert out["kernel"] == "ir"  # a console that names no kernel gets R
     assert {"ir", "python3"} <= set(out["kernelspecs"]["kernelspecs"])
-    assert [s["name"] for s in out["servers"]["server_processes"]] == []   # no RStudio tile
-    assert out["rstudio"][0] == 404                                           # and no 500 page
+    assert [s["name"] for s in out["servers"]["server_processes"]] == []  # no RStudio tile
+    assert out["rstudio"][0] == 404  # and no 500 page
     # rstudio_patch's JupyterLab overrides are installed: no news, no update checks
     props = out["notification"]["schema"]["properties"]
     assert props["fetchNews"]["default"] == "false" and props["checkForUpdates"]["default"] is False
@@ -147,8 +166,9 @@ def test_r_is_the_default_kernel_and_rstudio_is_hidden_without_rserver(workspace
 
 @needs_podman
 def test_rstudio_is_offered_and_answers_where_rserver_exists(workspace_image, tmp_path):
-    out = probe_server(workspace_image, make_home(tmp_path),
-                       ["-v", f"{FAKE_RSERVER}:/usr/local/bin/rserver:ro"])
+    out = probe_server(
+        workspace_image, make_home(tmp_path), ["-v", f"{FAKE_RSERVER}:/usr/local/bin/rserver:ro"]
+    )
     servers = {s["name"]: s for s in out["servers"]["server_processes"]}
     assert list(servers) == ["rstudio"]
     assert servers["rstudio"]["launcher_entry"]["enabled"] is True
@@ -169,23 +189,28 @@ def test_entry_command_picks_the_landing_page_and_hands_on_its_arguments(workspa
     cmd = ["kinetic-workspace", "--ip=0.0.0.0", "--port=8888"]
     lab = run_in(workspace_image, *cmd, args=base)
     assert lab.stdout.strip() == "url=/lab args=--ip=0.0.0.0 --port=8888", lab.stderr
-    rstudio = run_in(workspace_image, *cmd,
-                     args=[*base, "-v", f"{FAKE_RSERVER}:/usr/local/bin/rserver:ro"])
+    rstudio = run_in(workspace_image, *cmd, args=[*base, "-v", f"{FAKE_RSERVER}:/usr/local/bin/rserver:ro"])
     assert rstudio.stdout.strip() == "url=/rstudio args=--ip=0.0.0.0 --port=8888", rstudio.stderr
     preset = run_in(workspace_image, *cmd, args=[*base, "-e", "JUPYTERHUB_DEFAULT_URL=/tree"])
     assert preset.stdout.strip().startswith("url=/tree ")
     # the real command is there, and the image's default command is the entry command
-    info = json.loads(subprocess.run(["podman", "image", "inspect", workspace_image],
-                                     capture_output=True, text=True, check=True).stdout)[0]
+    info = json.loads(
+        subprocess.run(
+            ["podman", "image", "inspect", workspace_image], capture_output=True, text=True, check=True
+        ).stdout
+    )[0]
     assert info["Config"]["Cmd"] == ["/opt/kinetic/bin/kinetic-workspace", "--ip=0.0.0.0", "--port=8888"]
-    assert run_in(workspace_image, "jupyterhub-singleuser", "--version",
-                  args=["--network", "none"]).returncode == 0
+    assert (
+        run_in(workspace_image, "jupyterhub-singleuser", "--version", args=["--network", "none"]).returncode
+        == 0
+    )
 
 
 # -- provisioning inside the container, as uid 1010 ------------------------------------------------
 def bridge_gateway() -> str:
-    r = subprocess.run(["podman", "network", "inspect", "podman"], capture_output=True, text=True,
-                       check=False)
+    r = subprocess.run(
+        ["podman", "network", "inspect", "podman"], capture_output=True, text=True, check=False
+    )
     try:
         return json.loads(r.stdout)[0]["subnets"][0]["gateway"]
     except (ValueError, LookupError, TypeError):
@@ -199,9 +224,22 @@ def reachable_standin(tmp_path_factory):
         pytest.skip("podman and runc are required")
     state = tmp_path_factory.mktemp("standin-for-image")
     port = free_port()
-    proc = start_process([sys.executable, "-m", "kinetic_auth.standin.app", "--ip", "0.0.0.0",
-                          "--port", str(port), "--public-url", f"http://{bridge_gateway()}:{port}",
-                          "--state-dir", str(state)], state / "standin.log")
+    proc = start_process(
+        [
+            sys.executable,
+            "-m",
+            "kinetic_auth.standin.app",
+            "--ip",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--public-url",
+            f"http://{bridge_gateway()}:{port}",
+            "--state-dir",
+            str(state),
+        ],
+        state / "standin.log",
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/accounts/login", proc=proc)
         yield Standin(f"http://127.0.0.1:{port}", state, proc), f"http://{bridge_gateway()}:{port}"
@@ -210,20 +248,47 @@ def reachable_standin(tmp_path_factory):
 
 
 @needs_podman
-def test_provisioning_inside_the_container_seeds_the_home_and_keeps_it(workspace_image, tmp_path,
-                                                                       reachable_standin):
+def test_provisioning_inside_the_container_seeds_the_home_and_keeps_it(
+    workspace_image, tmp_path, reachable_standin
+):
     standin, inner_url = reachable_standin
     s = requests.Session()
     standin.sign_in(s, ADA)
     key = s.get(f"{standin.url}/api/v1/researcher/analysis/101").json()["api_key"]
     home = make_home(tmp_path)
-    env = {**os.environ, "ANALYSIS_ID": "101", "ANALYSIS_API_KEY": key, "KINETIC_URL": inner_url,
-           "CUTOFF_DATE": "2026-03-01"}
+    env = {
+        **os.environ,
+        "ANALYSIS_ID": "101",
+        "ANALYSIS_API_KEY": key,
+        "KINETIC_URL": inner_url,
+        "CUTOFF_DATE": "2026-03-01",
+    }
     # -e NAME (no value): podman takes the value from its own environment, so the key is never in argv
-    argv = ["podman", "--runtime", "runc", "run", "--rm", "--ulimit", "nofile=20000:20000",
-            "--ulimit", "nproc=1024:1024", *CONFINED, "-v", f"{home}:/home/editor",
-            "-e", "ANALYSIS_ID", "-e", "ANALYSIS_API_KEY", "-e", "KINETIC_URL", "-e", "CUTOFF_DATE",
-            workspace_image, "bash", "/opt/kinetic/provision/provision.sh"]
+    argv = [
+        "podman",
+        "--runtime",
+        "runc",
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=20000:20000",
+        "--ulimit",
+        "nproc=1024:1024",
+        *CONFINED,
+        "-v",
+        f"{home}:/home/editor",
+        "-e",
+        "ANALYSIS_ID",
+        "-e",
+        "ANALYSIS_API_KEY",
+        "-e",
+        "KINETIC_URL",
+        "-e",
+        "CUTOFF_DATE",
+        workspace_image,
+        "bash",
+        "/opt/kinetic/provision/provision.sh",
+    ]
     assert key not in " ".join(argv)
     first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -242,9 +307,12 @@ def test_provisioning_inside_the_container_seeds_the_home_and_keeps_it(workspace
     assert "::step kept the existing project" in second.stdout
     assert main.read_text().endswith("# the researcher's own line\n")
     # the seeded project runs in the image with the enclave's R, as the researcher
-    run = run_in(workspace_image, "Rscript", "kinetic/main.r",
-                 args=["--network", "none", *CONFINED, "-v", f"{home}:/home/editor",
-                       "-w", "/home/editor"])
+    run = run_in(
+        workspace_image,
+        "Rscript",
+        "kinetic/main.r",
+        args=["--network", "none", *CONFINED, "-v", f"{home}:/home/editor", "-w", "/home/editor"],
+    )
     assert run.returncode == 0, run.stderr
     assert (home / "kinetic" / "output" / "summary_by_course.csv").exists()
 
@@ -255,7 +323,7 @@ def test_tag_is_cheap_and_stable_and_needs_no_podman(monkeypatch):
     tag = workspace_image_tag()
     assert time.monotonic() - t0 < 1.0
     assert tag.startswith("localhost/kinetic-workspace:") and len(tag.split(":")[1]) == 24
-    monkeypatch.setenv("PATH", "/nonexistent")          # no podman, no pip: still the same tag
+    monkeypatch.setenv("PATH", "/nonexistent")  # no podman, no pip: still the same tag
     assert workspace_image_tag() == tag
 
 
@@ -270,7 +338,7 @@ def test_tag_changes_when_any_input_changes(monkeypatch, tmp_path):
     data, mode = changed["opt/provision/provision.sh"]
     changed["opt/provision/provision.sh"] = (data + b"\n", mode)
     assert builder.fingerprint(base, containerfile, pins, changed) != fp
-    changed["opt/provision/provision.sh"] = (data, 0o644)                # a mode is an input too
+    changed["opt/provision/provision.sh"] = (data, 0o644)  # a mode is an input too
     assert builder.fingerprint(base, containerfile, pins, changed) != fp
     # through the real sources: an edited copied file gives a new tag
     tag = workspace_image_tag()

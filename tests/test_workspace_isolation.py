@@ -4,6 +4,7 @@ kernel through the workspace server's API. Each test performs the attack and see
 Ada has analysis 101 open; Grace has 103 open (the "other workspace"). The hub is this module's
 own, with a small memory limit so the memory hog is quick.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,14 +68,18 @@ def r_lines(kernel: Kernel, code: str, timeout: float = 120) -> list[str]:
 def python_in_workspace(kernel: Kernel, script: str, timeout: float = 120) -> dict:
     """Run a Python script inside the workspace from R (system2), as a researcher may; it prints
     one JSON object."""
-    code = (f"writeLines({json.dumps(script)}, '/tmp/probe.py'); "
-            f"cat(system2('python3', '/tmp/probe.py', stdout=TRUE), sep='\\n')")
+    code = (
+        f"writeLines({json.dumps(script)}, '/tmp/probe.py'); "
+        f"cat(system2('python3', '/tmp/probe.py', stdout=TRUE), sep='\\n')"
+    )
     out = r_lines(kernel, code, timeout)
     return json.loads(out[-1])
 
 
 def test_the_workspace_runs_as_1010_without_privileges(ada):
-    out = r_lines(ada, """
+    out = r_lines(
+        ada,
+        """
         cat(system("id", intern = TRUE), "\\n")
         cat("which:", Sys.which(c("sudo", "podman", "docker")), "\\n")
         cat("su-says:", suppressWarnings(system("echo x | su -c 'id -u' root 2>&1", intern = TRUE)), "\\n")
@@ -82,7 +87,8 @@ def test_the_workspace_runs_as_1010_without_privileges(ada):
         cat(grep("^(CapEff|CapPrm|NoNewPrivs):", st, value = TRUE), sep = "\\n")
         cat("write-root:", tryCatch({writeLines("x", "/opt/owned"); "yes"}, error = function(e) "no",
                                     warning = function(w) "no"), "\\n")
-    """)
+    """,
+    )
     text = "\n".join(out)
     assert "uid=1010" in text and "gid=1010" in text
     assert "which:" in text and not any(p in text for p in ("/sudo", "/podman", "/docker"))
@@ -95,17 +101,29 @@ def test_the_workspace_runs_as_1010_without_privileges(ada):
 
 def test_hub_files_keys_databases_and_other_homes_are_out_of_reach(ada, hub):
     state = hub.state_dir
-    targets = [*sorted((state / "keys").iterdir()), state / "jupyterhub.sqlite",
-               *sorted((state / "enclave").glob("*.sqlite*")), state / "workspaces" / "102",
-               state / "workspaces" / "103", state / "workspaces" / "103" / ".Renviron", state]
+    targets = [
+        *sorted((state / "keys").iterdir()),
+        state / "jupyterhub.sqlite",
+        *sorted((state / "enclave").glob("*.sqlite*")),
+        state / "workspaces" / "102",
+        state / "workspaces" / "103",
+        state / "workspaces" / "103" / ".Renviron",
+        state,
+    ]
     assert len(targets) > 6
     probe = "c(" + ", ".join(json.dumps(str(p)) for p in targets) + ")"
-    out = r_lines(ada, f"""
+    out = r_lines(
+        ada,
+        f"""
         for (p in {probe}) cat(p, file.exists(p), "\\n")
         cat(readLines("/proc/self/mountinfo"), sep = "\\n")
-    """)
-    seen = [line.strip() for line in out
-            if line.startswith("/") and line.strip().rsplit(" ", 1)[-1] in ("TRUE", "FALSE")]
+    """,
+    )
+    seen = [
+        line.strip()
+        for line in out
+        if line.startswith("/") and line.strip().rsplit(" ", 1)[-1] in ("TRUE", "FALSE")
+    ]
     assert len(seen) == len(targets) and all(line.endswith("FALSE") for line in seen), seen
     # the only thing of this machine mounted in the workspace is its own analysis home
     mounts = [line for line in out if line[:1].isdigit() and str(state) in line]
@@ -115,7 +133,9 @@ def test_hub_files_keys_databases_and_other_homes_are_out_of_reach(ada, hub):
 def test_no_other_process_or_its_environment_is_visible(ada, grace, hub):
     crypt_key = (hub.state_dir / "keys" / "crypt_key").read_text().strip()
     cookie_secret = (hub.state_dir / "keys" / "jupyterhub_cookie_secret").read_text().strip()
-    info = python_in_workspace(ada, """
+    info = python_in_workspace(
+        ada,
+        """
 import json, os
 procs = []
 for pid in os.listdir('/proc'):
@@ -128,12 +148,15 @@ for pid in os.listdir('/proc'):
             continue
         procs.append({'pid': pid, 'cmd': cmd, 'env': env, 'uid': uid})
 print(json.dumps(procs))
-""")
+""",
+    )
     assert info, "no process seen at all"
     everything = json.dumps(info)
     assert {p["uid"] for p in info} == {"1010"}
-    assert not any("jupyterhub " in p["cmd"] or "configurable-http-proxy" in p["cmd"]
-                   or "enclave_service" in p["cmd"] for p in info), [p["cmd"] for p in info]
+    assert not any(
+        "jupyterhub " in p["cmd"] or "configurable-http-proxy" in p["cmd"] or "enclave_service" in p["cmd"]
+        for p in info
+    ), [p["cmd"] for p in info]
     for secret in (crypt_key, cookie_secret, "CONFIGPROXY_AUTH_TOKEN", "JUPYTERHUB_CRYPT_KEY"):
         assert secret not in everything
     # Grace's workspace (another container) is not among them: her server's token is not here
@@ -166,9 +189,12 @@ def test_the_network_reaches_the_hub_api_only_with_its_own_scopes(ada, grace, hu
     listener = Listener()
     state = hub.api("GET", f"/users/{GRACE}", params={"include_stopped_servers": "0"}).json()
     assert state["servers"]["a-103"]["ready"]
-    found = json.loads(os.popen(
-        f"podman ps --filter label=org.kinetic.workspace.user={GRACE} "
-        "--filter label=org.kinetic.workspace.server=a-103 --format json").read())
+    found = json.loads(
+        os.popen(
+            f"podman ps --filter label=org.kinetic.workspace.user={GRACE} "
+            "--filter label=org.kinetic.workspace.server=a-103 --format json"
+        ).read()
+    )
     inspect = json.loads(os.popen(f"podman inspect {found[0]['Id']}").read())[0]
     grace_ip = next(iter(inspect["NetworkSettings"]["Networks"].values()))["IPAddress"]
     targets = {
@@ -179,7 +205,9 @@ def test_the_network_reaches_the_hub_api_only_with_its_own_scopes(ada, grace, hu
         "listener": listener.port,
         "hub_api": int(hub.env["KINETIC_HUB_API_PORT"]),
     }
-    result = python_in_workspace(ada, f"""
+    result = python_in_workspace(
+        ada,
+        f"""
 import json, os, socket, urllib.request, urllib.error
 api = os.environ['JUPYTERHUB_API_URL']
 gateway = api.split('//')[1].split(':')[0]
@@ -213,7 +241,8 @@ now = datetime.datetime.now(datetime.timezone.utc).isoformat()
 out['activity'] = call('POST', '/users/{ADA}/activity',
                        json.dumps({{'servers': {{'a-101': {{'last_activity': now}}}}}}).encode())[0]
 print(json.dumps(out))
-""")
+""",
+    )
     assert result["hub_api"] == "open"
     for name in ("proxy_api", "enclave", "mail", "public_proxy", "listener", "other_workspace"):
         assert result[name] != "open", (name, result)
@@ -243,8 +272,9 @@ def test_no_secret_on_any_command_line_of_this_machine(ada, hub, standin):
 
 
 def workspace_answers(hub, user: str, server: str, token: str) -> bool:
-    r = requests.get(f"{hub.url}/user/{user}/{server}/api/status",
-                     headers={"Authorization": f"token {token}"}, timeout=30)
+    r = requests.get(
+        f"{hub.url}/user/{user}/{server}/api/status", headers={"Authorization": f"token {token}"}, timeout=30
+    )
     return r.status_code == 200
 
 
@@ -254,8 +284,9 @@ def hub_api_answers(hub) -> bool:
 
 def test_a_memory_hog_is_killed_inside_its_workspace(ada, grace, hub):
     t0 = time.monotonic()
-    result = ada.run('x <- numeric(1.5e8); y <- numeric(1.5e8); cat("survived", length(x) + length(y))',
-                     timeout=120)
+    result = ada.run(
+        'x <- numeric(1.5e8); y <- numeric(1.5e8); cat("survived", length(x) + length(y))', timeout=120
+    )
     assert "survived" not in result.stdout and result.status in ("dead", "error"), result
     assert time.monotonic() - t0 < 100
     assert hub_api_answers(hub)
@@ -278,8 +309,7 @@ def uid_1010_tasks() -> int:
 def test_a_fork_bomb_stays_inside_its_workspace(hub, grace):
     kernel = Kernel(f"{hub.url}/user/{ADA}/a-101/", user_token(hub, ADA))
     before = uid_1010_tasks()
-    kernel.run("""system("bash -c 'b(){ b|b& }; b' >/dev/null 2>&1", wait = FALSE); cat("lit")""",
-               timeout=60)
+    kernel.run("""system("bash -c 'b(){ b|b& }; b' >/dev/null 2>&1", wait = FALSE); cat("lit")""", timeout=60)
     time.sleep(8)
     during = uid_1010_tasks()
     assert during - before <= PIDS + 8, (before, during)  # bounded by the workspace's pids limit

@@ -5,6 +5,7 @@ removed, never two servers on one analysis home, and reopening the analysis work
 Grace's workspace (103) runs throughout: each restarted hub must adopt it, and with it the shared
 reflector starts reaping what the killed start left behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,30 @@ from .hub import running_hub
 GRACE_SECONDS = 3
 # the progress message at which the hub is killed: before, during and after provisioning, while
 # the server container starts, and just before the server answers
-KILL_AT = ["Preparing storage", "Downloading synthetic data", "Synthetic data downloaded",
-           "Starting the workspace server", "Waiting for the workspace server to answer"]
+KILL_AT = [
+    "Preparing storage",
+    "Downloading synthetic data",
+    "Synthetic data downloaded",
+    "Starting the workspace server",
+    "Waiting for the workspace server to answer",
+]
 
 
 def containers(analysis: int, instance_of=None) -> list[dict]:
-    out = subprocess.run(["podman", "ps", "-a", "--format", "json", "--filter",
-                          f"label=org.kinetic.workspace.analysis={analysis}"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "podman",
+            "ps",
+            "-a",
+            "--format",
+            "json",
+            "--filter",
+            f"label=org.kinetic.workspace.analysis={analysis}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     found = json.loads(out or "[]") or []
     if instance_of is not None:
         found = [c for c in found if c["Labels"].get("org.kinetic.workspace.instance") == instance_of]
@@ -63,8 +80,9 @@ def kill_during_start(hub, session, analysis: int, message: str) -> list[str]:
 
 @pytest.fixture
 def hub(standin, tmp_path):
-    with running_hub(tmp_path, standin, rstudio=False,
-                     env_overrides={"KINETIC_ORPHAN_GRACE_SECONDS": str(GRACE_SECONDS)}) as h:
+    with running_hub(
+        tmp_path, standin, rstudio=False, env_overrides={"KINETIC_ORPHAN_GRACE_SECONDS": str(GRACE_SECONDS)}
+    ) as h:
         yield h
 
 
@@ -91,8 +109,10 @@ def test_a_hub_killed_at_any_step_of_a_start_leaves_one_workspace_or_none(hub):
                 break
             assert time.monotonic() < deadline, (message, seen, left, now, adopted, hub.log()[-3000:])
             time.sleep(1)
-        print(f"killed at {message!r}: left {[c['Names'][0] for c in left]}, "
-              f"{'adopted' if adopted else 'removed'}")
+        print(
+            f"killed at {message!r}: left {[c['Names'][0] for c in left]}, "
+            f"{'adopted' if adopted else 'removed'}"
+        )
 
         # reopening works, on exactly one server for the analysis home
         ada = hub.browser_session(ADA)
@@ -105,6 +125,7 @@ def test_a_hub_killed_at_any_step_of_a_start_leaves_one_workspace_or_none(hub):
         assert containers(101, instance) == []
 
     token = hub.api("POST", f"/users/{GRACE}/tokens", json={"expires_in": 600}).json()["token"]
-    r = requests.get(f"{hub.url}/user/{GRACE}/a-103/api/status",
-                     headers={"Authorization": f"token {token}"}, timeout=30)
+    r = requests.get(
+        f"{hub.url}/user/{GRACE}/a-103/api/status", headers={"Authorization": f"token {token}"}, timeout=30
+    )
     assert r.status_code == 200  # Grace worked through five hub crashes

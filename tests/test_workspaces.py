@@ -1,4 +1,5 @@
 """Opening an analysis: authorized by Kinetic, one workspace per analysis, joined by co-researchers."""
+
 import datetime
 import threading
 import time
@@ -34,6 +35,7 @@ def test_the_rest_api_cannot_start_a_workspace_around_kinetic(hub):
     token = hub.api("POST", f"/users/{KATHERINE}/tokens", json={"note": "test"}).json()["token"]
     headers = {"Authorization": f"token {token}"}
     import requests
+
     r = requests.post(f"{hub.url}/hub/api/users/{KATHERINE}/servers/a-102", headers=headers)
     assert r.status_code == 403  # researchers hold no `servers` scope
     # JupyterHub's own spawn page is closed too
@@ -160,7 +162,9 @@ def test_two_open_analyses_keep_separate_sessions(hub):
     second = hub.open_analysis(ada, 102)
     assert "/a-101/" in first.url and "/a-102/" in second.url
     cookie_paths = {c.path for c in ada.cookies if c.name.startswith("jupyterhub-user-")}
-    assert any(p.endswith("/a-101/") for p in cookie_paths) and any(p.endswith("/a-102/") for p in cookie_paths)
+    assert any(p.endswith("/a-101/") for p in cookie_paths) and any(
+        p.endswith("/a-102/") for p in cookie_paths
+    )
     for _ in range(2):  # alternate: neither session knocks the other out
         for url, marker in ((first.url, "a-101"), (second.url, "a-102")):
             r = ada.get(url, allow_redirects=False)
@@ -173,18 +177,20 @@ def test_a_workspace_token_may_report_its_researchers_activity(hub):
     """The culler decides from activity: a workspace busy computing must be able to say so. Its
     server token has JupyterHub's `server` scopes, never more than its owner's role."""
     hub.browser_session(ADA)
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
     server_scopes = ["users:activity!user", f"access:servers!server={ADA}/a-102"]
     r = hub.api("POST", f"/users/{ADA}/tokens", json={"note": "like a server token", "scopes": server_scopes})
     assert r.status_code == 201, r.text  # 403 when the researchers' role lacks users:activity
     user_token = hub.api("POST", f"/users/{ADA}/tokens", json={"note": "a researcher's own"}).json()["token"]
     for token in (r.json()["token"], user_token):
         headers = {"Authorization": f"token {token}"}
-        r = requests.post(f"{hub.url}/hub/api/users/{ADA}/activity", headers=headers,
-                          json={"last_activity": now})
+        r = requests.post(
+            f"{hub.url}/hub/api/users/{ADA}/activity", headers=headers, json={"last_activity": now}
+        )
         assert r.status_code == 200, r.text
         # only for themselves
-        r = requests.post(f"{hub.url}/hub/api/users/{GRACE}/activity", headers=headers,
-                          json={"last_activity": now})
+        r = requests.post(
+            f"{hub.url}/hub/api/users/{GRACE}/activity", headers=headers, json={"last_activity": now}
+        )
         assert r.status_code in (403, 404), r.status_code
     assert hub.api("GET", f"/users/{ADA}").json()["last_activity"][:16] == now[:16]

@@ -1,4 +1,5 @@
 """Alembic environment of the enclave database: run on the connection the service passes in."""
+
 from alembic import context
 
 connection = context.config.attributes["connection"]

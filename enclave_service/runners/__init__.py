@@ -9,6 +9,7 @@ Two implementations: :class:`~enclave_service.runners.podman.PodmanRunner` (this
 and :class:`~enclave_service.runners.ec2.EC2Runner` (an ephemeral EC2 instance with docker).
 Both run the same :class:`~enclave_service.container.ContainerSpec`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,14 +18,22 @@ import random
 import re
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from traitlets.config import LoggingConfigurable
 
 __all__ = [
-    "DEFAULT_COMMAND", "JobState", "RunJob", "RunLimits", "RunResult", "Runner", "RunnerError",
-    "truncate_logs", "validate_run_id", "with_backoff",
+    "DEFAULT_COMMAND",
+    "JobState",
+    "RunJob",
+    "RunLimits",
+    "RunResult",
+    "Runner",
+    "RunnerError",
+    "truncate_logs",
+    "validate_run_id",
+    "with_backoff",
 ]
 
 DEFAULT_COMMAND = ["R", "--no-save", "--no-restore", "-f", "main.r"]
@@ -45,13 +54,14 @@ def validate_run_id(run_id: str) -> str:
 @dataclass
 class RunLimits:
     """Resource limits of one run. Swap is never granted beyond memory (memory-swap == memory)."""
+
     memory_mb: int = 1024
     cpus: float = 1.0
     pids: int = 256
     wall_seconds: int = 3600
     file_size_mb: int = 256
     nofile: int = 1024
-    nproc: int = 512          # per-uid process limit, a second fence behind pids
+    nproc: int = 512  # per-uid process limit, a second fence behind pids
     tmpfs_mb: int = 64
     log_bytes: int = 64 * 1024
 
@@ -61,6 +71,7 @@ class RunJob:
     """One run. ``code_dir`` is the extracted analysis home (``/home/editor`` in the workspace);
     the project is ``code_dir / "kinetic"``. Real data is mounted read-only at ``<workdir>/data``
     (shadowing any synthetic data in the archive); ``output_dir`` is the only writable place."""
+
     run_id: str
     image: str
     code_dir: Path
@@ -75,7 +86,10 @@ class RunJob:
     def __post_init__(self):
         validate_run_id(self.run_id)
         self.code_dir, self.data_dir, self.output_dir = (
-            Path(self.code_dir), Path(self.data_dir), Path(self.output_dir))
+            Path(self.code_dir),
+            Path(self.data_dir),
+            Path(self.output_dir),
+        )
 
     @property
     def container_name(self) -> str:
@@ -83,10 +97,10 @@ class RunJob:
 
 
 class JobState(enum.Enum):
-    UNKNOWN = "unknown"      # nothing exists for this run id (never prepared, or cleaned up)
-    PREPARED = "prepared"    # container created, not started
+    UNKNOWN = "unknown"  # nothing exists for this run id (never prepared, or cleaned up)
+    PREPARED = "prepared"  # container created, not started
     RUNNING = "running"
-    EXITED = "exited"        # finished; finalize() collects the result
+    EXITED = "exited"  # finished; finalize() collects the result
 
 
 @dataclass
@@ -97,8 +111,8 @@ class RunResult:
     logs: str
     duration_s: float
     limits: RunLimits = field(default_factory=RunLimits)
-    logs_cut_bytes: int = 0          # how many bytes of log were dropped by truncation
-    error: str | None = None         # runner-level problem (the run could not be observed)
+    logs_cut_bytes: int = 0  # how many bytes of log were dropped by truncation
+    error: str | None = None  # runner-level problem (the run could not be observed)
 
     @property
     def succeeded(self) -> bool:
@@ -117,8 +131,7 @@ class RunResult:
         if self.exit_code is None:
             return "the run ended without an exit code"
         if self.exit_code > 128:
-            return (f"the R script was killed by signal {self.exit_code - 128} "
-                    f"(exit code {self.exit_code})")
+            return f"the R script was killed by signal {self.exit_code - 128} (exit code {self.exit_code})"
         return f"the R script exited with code {self.exit_code}"
 
 
@@ -131,13 +144,23 @@ def truncate_logs(data: bytes, limit: int) -> tuple[str, int]:
     tail_n = limit - head_n
     cut = len(data) - head_n - tail_n
     marker = f"\n[... log truncated: {cut} bytes cut ...]\n"
-    text = (data[:head_n].decode("utf-8", "replace") + marker
-            + data[len(data) - tail_n:].decode("utf-8", "replace"))
+    text = (
+        data[:head_n].decode("utf-8", "replace")
+        + marker
+        + data[len(data) - tail_n :].decode("utf-8", "replace")
+    )
     return text, cut
 
 
-async def with_backoff(make_call, *, attempts: int = 4, base: float = 0.5, cap: float = 8.0,
-                       retry_on: tuple = (RunnerError, OSError), log=None):
+async def with_backoff(
+    make_call,
+    *,
+    attempts: int = 4,
+    base: float = 0.5,
+    cap: float = 8.0,
+    retry_on: tuple = (RunnerError, OSError),
+    log=None,
+):
     """Await ``make_call()`` up to ``attempts`` times with exponential backoff and full jitter."""
     for attempt in range(1, attempts + 1):
         try:
@@ -194,8 +217,8 @@ class Runner(LoggingConfigurable, metaclass=_RunnerMeta):
                 return await self.finalize(job)
             if cs.state is JobState.PREPARED:
                 raise RunnerError(f"run {job.run_id}: wait() before execute()")
-            started = cs.started_at or datetime.now(timezone.utc)
-            remaining = job.limits.wall_seconds - (datetime.now(timezone.utc) - started).total_seconds()
+            started = cs.started_at or datetime.now(UTC)
+            remaining = job.limits.wall_seconds - (datetime.now(UTC) - started).total_seconds()
             if remaining <= 0:
                 self.log.warning("run %s: wall-clock limit reached, stopping", job.run_id)
                 self._stopped_for_time.add(job.run_id)

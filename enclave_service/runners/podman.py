@@ -4,6 +4,7 @@ State lives in podman, not in this object: the container is named ``kinetic-run-
 labelled ``kinetic.run_id=<id>``, so a new runner (after a service restart) finds it again
 and can finalize or clean it up.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,16 @@ import os
 from traitlets import Bool, Float, Int, Unicode
 
 from .. import proc
-from ..container import (APP, LABEL_APP, LABEL_RUN_ID, ContainerSpec, ContainerState,
-                         kernel_log_shows_oom, parse_inspect, stage_job)
+from ..container import (
+    APP,
+    LABEL_APP,
+    LABEL_RUN_ID,
+    ContainerSpec,
+    ContainerState,
+    kernel_log_shows_oom,
+    parse_inspect,
+    stage_job,
+)
 from . import JobState, RunJob, Runner, RunnerError, RunResult, truncate_logs, with_backoff
 
 NOT_FOUND = ("no such container", "no container with name or id", "no such object")
@@ -31,25 +40,38 @@ async def run_cmd(argv: list[str], timeout: float = 120.0) -> tuple[int, bytes, 
 class PodmanRunner(Runner):
     podman = Unicode("podman", config=True, help="The podman executable.")
     runtime = Unicode(
-        "runc", config=True, allow_none=True,
+        "runc",
+        config=True,
+        allow_none=True,
         help="""OCI runtime passed as --runtime. runc by default: crun fails on hosts with
-        hybrid cgroups. Empty/None uses podman's default (e.g. to try runsc/gVisor).""")
+        hybrid cgroups. Empty/None uses podman's default (e.g. to try runsc/gVisor).""",
+    )
     hub_name = Unicode("local", config=True, help="Value of the kinetic.hub label on containers.")
     chown_inputs = Bool(
-        True, config=True,
+        True,
+        config=True,
         help="""chown the staged code and data copies to uid 1010 so the run can read them
-        (mounts stay read-only). Turn off if the service stages them readable already.""")
-    poll_interval_max = Float(30.0, config=True, help="""Longest wait() blocks in `podman wait` before it
-        re-inspects the container (to enforce the wall-clock limit). The exit itself is seen at once.""")
+        (mounts stay read-only). Turn off if the service stages them readable already.""",
+    )
+    poll_interval_max = Float(
+        30.0,
+        config=True,
+        help="""Longest wait() blocks in `podman wait` before it
+        re-inspects the container (to enforce the wall-clock limit). The exit itself is seen at once.""",
+    )
     stop_grace_seconds = Int(
-        5, config=True, help="Seconds between SIGTERM and SIGKILL when a run is stopped.")
+        5, config=True, help="Seconds between SIGTERM and SIGKILL when a run is stopped."
+    )
     sigkill_means_oom = Bool(
-        True, config=True,
+        True,
+        config=True,
         help="""When the engine does not flag OOM and the kernel log cannot be read, report a
         SIGKILL (exit 137) we did not send as out of memory. The cgroup's memory limit is by
-        far the likeliest sender; the message then tells the researcher what to change.""")
+        far the likeliest sender; the message then tells the researcher what to change.""",
+    )
     command_timeout = Float(
-        120.0, config=True, help="Seconds any single podman command may take before it is killed.")
+        120.0, config=True, help="Seconds any single podman command may take before it is killed."
+    )
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -73,13 +95,15 @@ class PodmanRunner(Runner):
     async def _inspect(self, job: RunJob) -> ContainerState | None:
         async def once():
             rc, out, err = await run_cmd(
-                self._base() + ["container", "inspect", job.container_name], self.command_timeout)
+                self._base() + ["container", "inspect", job.container_name], self.command_timeout
+            )
             if rc != 0:
                 if any(s in err.decode(errors="replace").lower() for s in NOT_FOUND):
                     return None
                 raise RunnerError(f"podman inspect failed ({rc}): {err.decode(errors='replace')}")
             data = json.loads(out or b"[]")
             return parse_inspect(data[0]) if data else None
+
         return await with_backoff(once, attempts=3, base=0.2, log=self.log)
 
     def spec(self, job: RunJob) -> ContainerSpec:
@@ -98,8 +122,9 @@ class PodmanRunner(Runner):
             await self._podman("unshare", "chown", "1010:1010", str(job.output_dir))
         rc, _, err = await run_cmd(self.create_argv(job), self.command_timeout)
         if rc != 0 and "already in use" not in err.decode(errors="replace"):
-            raise RunnerError(f"could not create the run container: "
-                              f"{err.decode(errors='replace').strip()[-500:]}")
+            raise RunnerError(
+                f"could not create the run container: {err.decode(errors='replace').strip()[-500:]}"
+            )
         self.log.info("run %s: container %s created", job.run_id, job.container_name)
 
     async def _start(self, job: RunJob) -> None:
@@ -117,21 +142,28 @@ class PodmanRunner(Runner):
         no polling delay on the hot path, and the caller re-checks the wall clock in between."""
         try:
             await run_cmd(self._base() + ["wait", job.container_name], min(self.poll_interval_max, timeout))
-        except (asyncio.TimeoutError, RunnerError, OSError):
+        except (TimeoutError, RunnerError, OSError):
             pass  # the loop inspects the container again either way
 
     async def finalize(self, job: RunJob) -> RunResult:
         cs = await self._inspect(job)
         if cs is None or cs.state is not JobState.EXITED:
-            raise RunnerError(f"run {job.run_id}: cannot finalize, state is "
-                              f"{cs.state.value if cs else 'unknown (no container)'}")
+            raise RunnerError(
+                f"run {job.run_id}: cannot finalize, state is "
+                f"{cs.state.value if cs else 'unknown (no container)'}"
+            )
         logs, cut = await self._logs(job)
         timed_out = self._timed_out(job, cs)
         oom = not timed_out and (cs.oom_killed or (cs.exit_code == 137 and await self._oom_seen(cs)))
         return RunResult(
-            exit_code=cs.exit_code, oom_killed=oom,
-            timed_out=timed_out, logs=logs, logs_cut_bytes=cut,
-            duration_s=round(cs.ran_seconds, 3), limits=job.limits)
+            exit_code=cs.exit_code,
+            oom_killed=oom,
+            timed_out=timed_out,
+            logs=logs,
+            logs_cut_bytes=cut,
+            duration_s=round(cs.ran_seconds, 3),
+            limits=job.limits,
+        )
 
     def _timed_out(self, job: RunJob, cs: ContainerState) -> bool:
         if job.run_id in self._stopped_for_time:
@@ -150,24 +182,30 @@ class PodmanRunner(Runner):
 
     async def _logs(self, job: RunJob) -> tuple[str, int]:
         try:
-            _, out, _ = await proc.run(self._base() + ["logs", job.container_name], self.command_timeout,
-                                       merge_stderr=True)
+            _, out, _ = await proc.run(
+                self._base() + ["logs", job.container_name], self.command_timeout, merge_stderr=True
+            )
         except proc.CommandTimeout as e:
             raise RunnerError(f"run {job.run_id}: could not read its logs ({e})") from None
         return truncate_logs(out, job.limits.log_bytes)
 
     async def terminate(self, job: RunJob) -> None:
-        await self._podman("stop", "--time", str(self.stop_grace_seconds), job.container_name,
-                           ok_if_missing=True)
+        await self._podman(
+            "stop", "--time", str(self.stop_grace_seconds), job.container_name, ok_if_missing=True
+        )
 
     async def cleanup(self, job: RunJob) -> None:
-        await self._podman("rm", "--force", "--ignore", "--time", str(self.stop_grace_seconds),
-                           job.container_name, ok_if_missing=True)
+        await self._podman(
+            "rm",
+            "--force",
+            "--ignore",
+            "--time",
+            str(self.stop_grace_seconds),
+            job.container_name,
+            ok_if_missing=True,
+        )
         self._stopped_for_time.discard(job.run_id)
 
     async def list_run_ids(self) -> list[str]:
-        out = await self._podman("ps", "--all", "--filter", f"label={LABEL_APP}={APP}",
-                                 "--format", "json")
-        return sorted({c.get("Labels", {}).get(LABEL_RUN_ID) for c in json.loads(out or b"[]")}
-                      - {None})
-
+        out = await self._podman("ps", "--all", "--filter", f"label={LABEL_APP}={APP}", "--format", "json")
+        return sorted({c.get("Labels", {}).get(LABEL_RUN_ID) for c in json.loads(out or b"[]")} - {None})

@@ -5,6 +5,7 @@ a sign-in page that sets a real-format SSO cookie, the researcher API authorized
 the responses API (synthetic data; real data only with the enclave Bearer key), and the enclave
 run API, whose calls are recorded so tests and the demo can see what the enclave reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ def masked(value):
     """A copy with every key-like field replaced by a fingerprint: records stay comparable
     (the same key gives the same fingerprint) but never hand a usable key out."""
     if isinstance(value, dict):
-        return {k: (fingerprint(v) if k in SECRET_FIELDS and isinstance(v, str) else masked(v))
-                for k, v in value.items()}
+        return {
+            k: (fingerprint(v) if k in SECRET_FIELDS and isinstance(v, str) else masked(v))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [masked(v) for v in value]
     return value
@@ -108,18 +111,24 @@ class StandinState:
     def analysis_view(self, a: dict) -> dict:
         people = [self.researchers[u] for u in a["researchers"] if u in self.researchers]
         return {
-            "id": a["id"], "title": a["title"], "description": a.get("description", ""),
-            "repository_url": a.get("repository_url", ""), "api_key": a["api_key"],
-            "researchers": [{"user_id": p["uuid"], "first_name": p["first_name"],
-                             "last_name": p["last_name"]} for p in people],
+            "id": a["id"],
+            "title": a["title"],
+            "description": a.get("description", ""),
+            "repository_url": a.get("repository_url", ""),
+            "api_key": a["api_key"],
+            "researchers": [
+                {"user_id": p["uuid"], "first_name": p["first_name"], "last_name": p["last_name"]}
+                for p in people
+            ],
             "study_ids": a.get("study_ids", []),
             "studies": [{"id": s, "title": f"Study {s}"} for s in a.get("study_ids", [])],
             "runs": [r for r in self.runs.values() if str(r["analysis_id"]) == str(a["id"])],
         }
 
     def data_token(self, api_key: str, kind: str, cutoff: str) -> str:
-        return hmac.new(self.data_secret.encode(), f"{api_key}/{kind}/{cutoff}".encode(),
-                        hashlib.sha256).hexdigest()
+        return hmac.new(
+            self.data_secret.encode(), f"{api_key}/{kind}/{cutoff}".encode(), hashlib.sha256
+        ).hexdigest()
 
 
 def make_csv(analysis_id: str, kind: str, cutoff: str, rows: int = 120) -> str:
@@ -130,9 +139,17 @@ def make_csv(analysis_id: str, kind: str, cutoff: str, rows: int = 120) -> str:
     out = [",".join(header)]
     for i in range(rows):
         sid = f"S{rng.randrange(10**7, 10**8)}" if kind == "real" else f"synthetic-{i + 1:04d}"
-        out.append(",".join([sid, rng.choice(["biology", "physics", "statistics"]),
-                             str(rng.randint(1, 12)), str(rng.randint(0, 90)),
-                             str(rng.randint(0, 100))]))
+        out.append(
+            ",".join(
+                [
+                    sid,
+                    rng.choice(["biology", "physics", "statistics"]),
+                    str(rng.randint(1, 12)),
+                    str(rng.randint(0, 90)),
+                    str(rng.randint(0, 100)),
+                ]
+            )
+        )
     return "\n".join(out) + "\n"
 
 
@@ -191,22 +208,33 @@ class LoginPage(Base):
             host, port = target.hostname, target.port  # port: raises on a malformed one
         except ValueError:
             return "/"
-        if (target.scheme.lower() not in ("http", "https") or "@" in target.netloc
-                or host not in self.settings["return_hosts"]):
+        if (
+            target.scheme.lower() not in ("http", "https")
+            or "@" in target.netloc
+            or host not in self.settings["return_hosts"]
+        ):
             return "/"
         netloc = host if port is None else f"{host}:{port}"
         return urlunsplit((target.scheme.lower(), netloc, target.path or "/", target.query, target.fragment))
 
     def get(self):
-        self.render("login.html", researchers=list(self.state.researchers.values()),
-                    r=self.safe_return(self.get_argument("r", "")), current=self.researcher())
+        self.render(
+            "login.html",
+            researchers=list(self.state.researchers.values()),
+            r=self.safe_return(self.get_argument("r", "")),
+            current=self.researcher(),
+        )
 
     def post(self):
         uuid = self.get_body_argument("uuid", "")
         if uuid not in self.state.researchers:
             raise web.HTTPError(400, "unknown researcher")
-        claims = {"sub": {"uuid": uuid, "is_test": False}, "iat": int(time.time()),
-                  "exp": int(time.time()) + SESSION_SECONDS, "iss": "kinetic-standin"}
+        claims = {
+            "sub": {"uuid": uuid, "is_test": False},
+            "iat": int(time.time()),
+            "exp": int(time.time()) + SESSION_SECONDS,
+            "iss": "kinetic-standin",
+        }
         token = sso.encode(claims, self.state.signing_key, self.state.encryption_key)
         self.set_cookie(self.state.cookie_name, token, path="/", httponly=True, samesite="Lax")
         self.redirect(self.safe_return(self.get_body_argument("r", "")))
@@ -215,22 +243,32 @@ class LoginPage(Base):
 class LogoutPage(LoginPage):
     def get(self):
         self.clear_cookie(self.state.cookie_name, path="/")
-        self.redirect(self.safe_return(self.get_argument("r", "")) if self.get_argument("r", "")
-                      else "/accounts/login")
+        self.redirect(
+            self.safe_return(self.get_argument("r", "")) if self.get_argument("r", "") else "/accounts/login"
+        )
 
 
 class WhoAmI(Base):
     def get(self):
         who = self.require_researcher()
-        self.finish({"uuid": who["uuid"], "first_name": who["first_name"],
-                     "last_name": who["last_name"], "email": who.get("email", "")})
+        self.finish(
+            {
+                "uuid": who["uuid"],
+                "first_name": who["first_name"],
+                "last_name": who["last_name"],
+                "email": who.get("email", ""),
+            }
+        )
 
 
 class AnalysisList(Base):
     def get(self):
         who = self.require_researcher()
-        mine = [self.state.analysis_view(a) for a in self.state.analyses.values()
-                if who["uuid"] in a["researchers"]]
+        mine = [
+            self.state.analysis_view(a)
+            for a in self.state.analyses.values()
+            if who["uuid"] in a["researchers"]
+        ]
         self.finish({"data": mine})
 
 
@@ -287,9 +325,15 @@ class EnclaveRuns(Base):
         a = self.state.analyses.get(str(body.get("analysis_id")))
         if a is None:
             raise web.HTTPError(404, "no such analysis")
-        run = {"id": len(self.state.runs) + 1, "api_key": "r" + secrets.token_hex(16),
-               "status": "pending", "message": body.get("message", ""),
-               "analysis_id": a["id"], "analysis_api_key": a["api_key"], "logs": []}
+        run = {
+            "id": len(self.state.runs) + 1,
+            "api_key": "r" + secrets.token_hex(16),
+            "status": "pending",
+            "message": body.get("message", ""),
+            "analysis_id": a["id"],
+            "analysis_api_key": a["api_key"],
+            "logs": [],
+        }
         self.state.runs[run["api_key"]] = run
         self.state.record("runs", body)
         self.finish(run)
@@ -319,13 +363,16 @@ class EnclaveUpload(Base):
         if run is None:
             raise web.HTTPError(404, "no such run")
         import base64
+
         md5 = base64.b64encode(hashlib.md5(self.request.body).digest()).decode()
         if self.request.headers.get("Content-MD5") != md5:
             raise web.HTTPError(400, "Content-MD5 does not match the upload")
         signed_id = "s" + secrets.token_hex(12)
         run["output"] = {"signed_id": signed_id, "bytes": len(self.request.body), "md5": md5}
-        self.state.record("upload_results", {"api_key": run["api_key"], "bytes": len(self.request.body),
-                                             "md5": md5, "signed_id": signed_id})
+        self.state.record(
+            "upload_results",
+            {"api_key": run["api_key"], "bytes": len(self.request.body), "md5": md5, "signed_id": signed_id},
+        )
         self.finish({"signed_id": signed_id})
 
 
@@ -356,29 +403,43 @@ class Records(Base):
 
 class Index(Base):
     def get(self):
-        self.render("index.html", who=self.researcher(), records=self.state.records[-50:],
-                    analyses=list(self.state.analyses.values()))
+        self.render(
+            "index.html",
+            who=self.researcher(),
+            records=self.state.records[-50:],
+            analyses=list(self.state.analyses.values()),
+        )
 
 
-def make_app(seed: dict, state_dir: Path, public_url: str, cookie_name: str = "oxa",
-             return_hosts: tuple = ("127.0.0.1", "localhost")) -> web.Application:
+def make_app(
+    seed: dict,
+    state_dir: Path,
+    public_url: str,
+    cookie_name: str = "oxa",
+    return_hosts: tuple = ("127.0.0.1", "localhost"),
+) -> web.Application:
     state = StandinState(seed, Path(state_dir), public_url, cookie_name)
-    return web.Application([
-        (r"/", Index),
-        (r"/accounts/login", LoginPage),
-        (r"/accounts/logout", LogoutPage),
-        (r"/accounts/api/user", WhoAmI),
-        (r"/api/v1/researcher/analysis", AnalysisList),
-        (r"/api/v1/researcher/analysis/([^/]+)", AnalysisDetail),
-        (r"/api/v1/researcher/responses/([^/]+)/info", ResponsesInfo),
-        (r"/api/v1/researcher/responses/([^/]+)", Responses),
-        (r"/data/([^/]+)/(synthetic|real)/([0-9-]+)/([0-9a-f]+)/responses.csv", DataFile),
-        (r"/api/v1/enclave/runs", EnclaveRuns),
-        (r"/api/v1/enclave/runs/log", EnclaveLog),
-        (r"/api/v1/enclave/runs/upload_results", EnclaveUpload),
-        (r"/api/v1/enclave/runs/completion", EnclaveCompletion),
-        (r"/standin/records", Records),
-    ], standin=state, template_path=str(TEMPLATES), return_hosts=set(return_hosts))
+    return web.Application(
+        [
+            (r"/", Index),
+            (r"/accounts/login", LoginPage),
+            (r"/accounts/logout", LogoutPage),
+            (r"/accounts/api/user", WhoAmI),
+            (r"/api/v1/researcher/analysis", AnalysisList),
+            (r"/api/v1/researcher/analysis/([^/]+)", AnalysisDetail),
+            (r"/api/v1/researcher/responses/([^/]+)/info", ResponsesInfo),
+            (r"/api/v1/researcher/responses/([^/]+)", Responses),
+            (r"/data/([^/]+)/(synthetic|real)/([0-9-]+)/([0-9a-f]+)/responses.csv", DataFile),
+            (r"/api/v1/enclave/runs", EnclaveRuns),
+            (r"/api/v1/enclave/runs/log", EnclaveLog),
+            (r"/api/v1/enclave/runs/upload_results", EnclaveUpload),
+            (r"/api/v1/enclave/runs/completion", EnclaveCompletion),
+            (r"/standin/records", Records),
+        ],
+        standin=state,
+        template_path=str(TEMPLATES),
+        return_hosts=set(return_hosts),
+    )
 
 
 def main(argv=None):
@@ -389,14 +450,23 @@ def main(argv=None):
     p.add_argument("--public-url", default="", help="URL this server is reached at (default http://ip:port)")
     p.add_argument("--cookie-name", default="oxa")
     p.add_argument("--seed", help="JSON file with researchers and analyses (default: the built-in seed)")
-    p.add_argument("--return-host", action="append", default=[],
-                   help="extra host name the sign-in page may send people back to")
+    p.add_argument(
+        "--return-host",
+        action="append",
+        default=[],
+        help="extra host name the sign-in page may send people back to",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[standin %(levelname)s] %(message)s")
     seed = json.loads(Path(args.seed).read_text()) if args.seed else default_seed()
     public_url = args.public_url or f"http://{args.ip}:{args.port}"
-    app = make_app(seed, Path(args.state_dir), public_url, args.cookie_name,
-                   tuple(["127.0.0.1", "localhost", *args.return_host]))
+    app = make_app(
+        seed,
+        Path(args.state_dir),
+        public_url,
+        args.cookie_name,
+        tuple(["127.0.0.1", "localhost", *args.return_host]),
+    )
     server = HTTPServer(app, xheaders=True)
     server.listen(args.port, args.ip)
     log.info("Kinetic stand-in at %s", public_url)

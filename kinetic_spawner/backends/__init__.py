@@ -24,11 +24,13 @@ configures it, like the enclave's runners) and driven through::
 ``message`` a sentence for the researcher (no secrets). Every step is idempotent, so a start that
 failed halfway (or a hub killed during it) is simply run again.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from traitlets import Any
 from traitlets.config import LoggingConfigurable
@@ -61,8 +63,11 @@ class ProvisionInputs:
     cutoff_date: str = ""
 
     def env(self) -> dict[str, str]:
-        env = {"ANALYSIS_ID": self.analysis_id, "ANALYSIS_API_KEY": self.api_key,
-               "KINETIC_URL": self.kinetic_url}
+        env = {
+            "ANALYSIS_ID": self.analysis_id,
+            "ANALYSIS_API_KEY": self.api_key,
+            "KINETIC_URL": self.kinetic_url,
+        }
         if self.cutoff_date:
             env["CUTOFF_DATE"] = self.cutoff_date
         return env
@@ -91,12 +96,12 @@ class WorkspaceRequest:
 
     analysis_id: str
     title: str
-    user: str                   # hub user name (the owner)
-    server_name: str            # a-<analysisId>
+    user: str  # hub user name (the owner)
+    server_name: str  # a-<analysisId>
     provision: ProvisionInputs
-    hub_env: dict = field(repr=False)   # Spawner.get_env(): JUPYTERHUB_* incl. the server's token
+    hub_env: dict = field(repr=False)  # Spawner.get_env(): JUPYTERHUB_* incl. the server's token
     args: list[str] = field(default_factory=list)  # Spawner.get_args()
-    default_url: str = ""       # "" = the workspace chooses (/rstudio where rserver exists, else /lab)
+    default_url: str = ""  # "" = the workspace chooses (/rstudio where rserver exists, else /lab)
 
 
 def report_provision_step(step: str, on_step: StepCallback) -> None:
@@ -178,12 +183,23 @@ def backend_class(kind: str) -> type[WorkspaceBackend]:
     if kind == "aws":
         raise NotImplementedError(
             "WorkspaceSpawner.backend = 'aws' (EC2 + Route53 + EFS, provisioned over SSH) is not "
-            "implemented yet; use backend = 'container'")
+            "implemented yet; use backend = 'container'"
+        )
     if kind not in BACKENDS:
         raise ValueError(f"unknown workspace backend {kind!r}: expected one of {sorted(BACKENDS)} or 'aws'")
     module, name = BACKENDS[kind].split(":")
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["Address", "BackendError", "ProvisionInputs", "ProvisionResult", "StepCallback",
-           "WorkspaceBackend", "WorkspaceRequest", "backend_class", "redact", "report_provision_step"]
+__all__ = [
+    "Address",
+    "BackendError",
+    "ProvisionInputs",
+    "ProvisionResult",
+    "StepCallback",
+    "WorkspaceBackend",
+    "WorkspaceRequest",
+    "backend_class",
+    "redact",
+    "report_provision_step",
+]

@@ -24,6 +24,7 @@ instance, user, server and analysis. A restarted hub finds the servers it record
 server of the hub owns after ``orphan_grace_seconds``; a new start first removes what a crashed
 start left behind under its names.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,13 +37,29 @@ from urllib.parse import urlparse, urlunparse
 from jupyterhub.utils import exponential_backoff
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
-from . import (STEP_HOST, STEP_PROVISION, STEP_SERVER, STEP_STORAGE, Address, BackendError,
-               WorkspaceRequest, redact, report_provision_step)
-from .container_network import ensure_firewall, ensure_network, firewall_available
-from .container_reflector import (LABEL_ANALYSIS, LABEL_INSTANCE, LABEL_ROLE, LABEL_SERVER, LABEL_USER,
-                                  ContainerReflector, ReflectorError)
-from .homes import HomesOnThisHost
 from ..provisioning import run_script
+from . import (
+    STEP_HOST,
+    STEP_PROVISION,
+    STEP_SERVER,
+    STEP_STORAGE,
+    Address,
+    BackendError,
+    WorkspaceRequest,
+    redact,
+    report_provision_step,
+)
+from .container_network import ensure_firewall, ensure_network, firewall_available
+from .container_reflector import (
+    LABEL_ANALYSIS,
+    LABEL_INSTANCE,
+    LABEL_ROLE,
+    LABEL_SERVER,
+    LABEL_USER,
+    ContainerReflector,
+    ReflectorError,
+)
+from .homes import HomesOnThisHost
 
 WORKSPACE_UID = 1010
 HOME_IN_CONTAINER = "/home/editor"
@@ -77,14 +94,17 @@ class ContainerBackend(HomesOnThisHost):
     podman = Unicode("podman", config=True, help="The podman command (rootful: the hub runs as root).")
 
     runtime = Unicode(
-        "runc", config=True,
-        help="OCI runtime for podman (``runc``: crun fails on these hosts' hybrid cgroups).")
+        "runc",
+        config=True,
+        help="OCI runtime for podman (``runc``: crun fails on these hosts' hybrid cgroups).",
+    )
 
     image = Unicode(
         config=True,
         help="""The workspace image. Default: the content-fingerprinted tag of the image built
         from ``kinetic_spawner/image`` (``python -m kinetic_spawner.image`` builds it; the first
-        start builds it too if it is missing).""")
+        start builds it too if it is missing).""",
+    )
 
     @default("image")
     def _default_image(self):
@@ -92,89 +112,120 @@ class ContainerBackend(HomesOnThisHost):
         return _default_image_tag()
 
     memory_limit = Unicode(
-        "2g", config=True,
+        "2g",
+        config=True,
         help="""Memory of one workspace (podman ``--memory``; swap is not allowed on top). An R
         session that takes more is killed inside its container; the hub and the other workspaces
-        keep theirs.""")
+        keep theirs.""",
+    )
 
     cpu_limit = Float(
-        1.0, config=True,
+        1.0,
+        config=True,
         help="""CPUs one workspace may use (podman ``--cpus``). Together with ``nice`` this keeps
-        the hub responsive while many workspaces start or compute.""")
+        the hub responsive while many workspaces start or compute.""",
+    )
 
     pids_limit = Integer(
-        512, config=True,
-        help="Processes and threads one workspace may have (podman ``--pids-limit``): a fork bomb stays inside.")
+        512,
+        config=True,
+        help="Processes and threads one workspace may have (podman ``--pids-limit``): a fork bomb stays inside.",
+    )
 
     nice = Integer(
-        10, config=True,
+        10,
+        config=True,
         help="""Scheduling niceness of the workspaces (podman and everything it starts inherit it):
-        the hub, its proxy and its services win the CPU when the machine is busy. 0 disables.""")
+        the hub, its proxy and its services win the CPU when the machine is busy. 0 disables.""",
+    )
 
     tmp_size = Unicode("1g", config=True, help="Size of the tmpfs mounted at ``/tmp`` in a workspace.")
 
     network = Unicode(
-        "kinetic-workspaces", config=True,
+        "kinetic-workspaces",
+        config=True,
         help="""The podman bridge network of the workspaces (created when missing). Workspaces reach
-        the hub API and Kinetic through its gateway address.""")
+        the hub API and Kinetic through its gateway address.""",
+    )
 
     subnet = Unicode(
-        "10.89.64.0/24", config=True,
-        help="Subnet used when the ``network`` has to be created (an existing network keeps its own).")
+        "10.89.64.0/24",
+        config=True,
+        help="Subnet used when the ``network`` has to be created (an existing network keeps its own).",
+    )
 
     firewall = Bool(
-        True, config=True,
+        True,
+        config=True,
         help="""Install the iptables rules of ``container_network`` (root only): a workspace reaches
         only the hub API and Kinetic on this machine, no cloud metadata, no other workspace. Off
-        only for a machine whose own firewall does the same.""")
+        only for a machine whose own firewall does the same.""",
+    )
 
     blocked_networks = List(
-        Unicode(), ["169.254.0.0/16"], config=True,
-        help="Destinations no workspace may reach (cloud metadata services by default).")
+        Unicode(),
+        ["169.254.0.0/16"],
+        config=True,
+        help="Destinations no workspace may reach (cloud metadata services by default).",
+    )
 
     extra_allowed_ports = List(
-        Integer(), config=True,
+        Integer(),
+        config=True,
         help="""Further TCP ports of this machine workspaces may reach (beyond the hub API and a
-        Kinetic on this machine).""")
+        Kinetic on this machine).""",
+    )
 
     kinetic_url = Unicode(
         config=True,
         help="""Kinetic's URL as a workspace reaches it. Default: the spawner's ``kinetic_url``
         with a loopback host replaced by the network's gateway address (the stand-in then has to
-        listen beyond loopback, which ``make demo`` does).""")
+        listen beyond loopback, which ``make demo`` does).""",
+    )
 
     extra_volumes = List(
-        Unicode(), config=True,
+        Unicode(),
+        config=True,
         help="""Extra ``host:container[:options]`` bind mounts for every workspace. For development
-        and tests only (the tests mount a fake ``rserver``); never a path holding secrets.""")
+        and tests only (the tests mount a fake ``rserver``); never a path holding secrets.""",
+    )
 
     provision_timeout = Float(
-        300.0, config=True,
-        help="Seconds provisioning (a throw-away container running provision.sh) may take.")
+        300.0,
+        config=True,
+        help="Seconds provisioning (a throw-away container running provision.sh) may take.",
+    )
 
     stop_timeout = Integer(
-        10, config=True,
-        help="Seconds a workspace has to exit after SIGTERM before it is killed and removed.")
+        10, config=True, help="Seconds a workspace has to exit after SIGTERM before it is killed and removed."
+    )
 
     concurrent_starts = Integer(
-        4, config=True,
+        4,
+        config=True,
         help="""Workspaces provisioned and started at the same time by this hub; further opens wait
-        their turn (their progress says so) instead of competing for the same cores.""")
+        their turn (their progress says so) instead of competing for the same cores.""",
+    )
 
     reflect_interval = Float(
-        5.0, config=True,
+        5.0,
+        config=True,
         help="""How old (seconds) the shared listing of this hub's containers may be when a
-        server is polled; one ``podman ps`` serves every workspace.""")
+        server is polled; one ``podman ps`` serves every workspace.""",
+    )
 
     orphan_grace_seconds = Float(
-        60.0, config=True,
+        60.0,
+        config=True,
         help="""A container of this hub that no server owns (left by a hub stopped during a start)
-        is removed after this many seconds; a new start of its analysis removes it at once.""")
+        is removed after this many seconds; a new start of its analysis removes it at once.""",
+    )
 
     instance = Unicode(
         config=True,
         help="""Label value naming this hub's containers, so two hubs on one machine never touch
-        each other's. Default: a hash of ``workspaces_root``.""")
+        each other's. Default: a hash of ``workspaces_root``.""",
+    )
 
     @default("instance")
     def _default_instance(self):
@@ -182,7 +233,7 @@ class ContainerBackend(HomesOnThisHost):
 
     def __init__(self, spawner, **kwargs):
         super().__init__(spawner, **kwargs)
-        self.container = ""     # name
+        self.container = ""  # name
         self.container_id = ""
         self.ip = ""
         self.port = SERVER_PORT
@@ -196,8 +247,12 @@ class ContainerBackend(HomesOnThisHost):
             asyncio.get_running_loop()
         except RuntimeError:
             return  # not inside the hub (a unit test building a backend by hand)
-        self.reflector.start_reaper(self._wanted, self._remove, interval=max(1.0, self.reflect_interval),
-                                    grace=self.orphan_grace_seconds)
+        self.reflector.start_reaper(
+            self._wanted,
+            self._remove,
+            interval=max(1.0, self.reflect_interval),
+            grace=self.orphan_grace_seconds,
+        )
 
     # -- names ----------------------------------------------------------------------------------
     def container_name(self, role: str = "server") -> str:
@@ -215,48 +270,94 @@ class ContainerBackend(HomesOnThisHost):
 
     async def _podman(self, *args: str, timeout: float = 120, env: dict | None = None) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            *self._podman_argv(*args), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+            *self._podman_argv(*args),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             return -1, f"podman {args[0]} did not finish within {timeout:.0f} s"
         return proc.returncode, out.decode(errors="replace").strip()
 
     async def _remove(self, name: str) -> None:
-        rc, out = await self._podman("rm", "--force", "--ignore", "--time", str(self.stop_timeout),
-                                     name, timeout=self.stop_timeout + 60)
+        rc, out = await self._podman(
+            "rm",
+            "--force",
+            "--ignore",
+            "--time",
+            str(self.stop_timeout),
+            name,
+            timeout=self.stop_timeout + 60,
+        )
         if rc != 0:
             self.log.warning("[%s] podman rm %s: %s", self.who, name, out[-300:])
 
     def _base_env(self) -> dict:
         """podman's own environment: PATH and podman's settings; never the hub's secrets."""
-        keep = ("PATH", "HOME", "LANG", "TMPDIR", "XDG_RUNTIME_DIR", "CONTAINERS_CONF",
-                "CONTAINERS_STORAGE_CONF")
+        keep = (
+            "PATH",
+            "HOME",
+            "LANG",
+            "TMPDIR",
+            "XDG_RUNTIME_DIR",
+            "CONTAINERS_CONF",
+            "CONTAINERS_STORAGE_CONF",
+        )
         return {k: os.environ[k] for k in keep if k in os.environ}
 
     def _security_args(self, role: str, home: str) -> list[str]:
-        labels = {LABEL_INSTANCE: self.instance, LABEL_USER: self.spawner.user.name,
-                  LABEL_SERVER: self.spawner.name, LABEL_ROLE: role,
-                  LABEL_ANALYSIS: self.spawner.analysis_id or ""}
+        labels = {
+            LABEL_INSTANCE: self.instance,
+            LABEL_USER: self.spawner.user.name,
+            LABEL_SERVER: self.spawner.name,
+            LABEL_ROLE: role,
+            LABEL_ANALYSIS: self.spawner.analysis_id or "",
+        }
         args = []
         for k, v in labels.items():
             args += ["--label", f"{k}={v}"]
         args += [
-            "--user", f"{WORKSPACE_UID}:{WORKSPACE_UID}",
-            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "--read-only", "--tmpfs", f"/tmp:rw,nosuid,nodev,size={self.tmp_size}",
-            "--memory", self.memory_limit, "--memory-swap", self.memory_limit,
-            "--cpus", str(self.cpu_limit), "--pids-limit", str(self.pids_limit),
+            "--user",
+            f"{WORKSPACE_UID}:{WORKSPACE_UID}",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--read-only",
+            "--tmpfs",
+            f"/tmp:rw,nosuid,nodev,size={self.tmp_size}",
+            "--memory",
+            self.memory_limit,
+            "--memory-swap",
+            self.memory_limit,
+            "--cpus",
+            str(self.cpu_limit),
+            "--pids-limit",
+            str(self.pids_limit),
             # runc on these hosts must be given both limits explicitly (it cannot keep podman's
             # defaults). nproc counts every uid-1010 task on the machine, so it is set high and
             # --pids-limit (per container) is the real bound.
-            "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=20000:20000",
-            "--network", self.network, "--hostname", f"workspace-{self.spawner.analysis_id or 'x'}",
-            "--volume", f"{home}:{HOME_IN_CONTAINER}:rw", "--workdir", HOME_IN_CONTAINER,
-            "--log-driver", "k8s-file", "--log-opt", "max-size=10mb",
+            "--ulimit",
+            "nofile=20000:20000",
+            "--ulimit",
+            "nproc=20000:20000",
+            "--network",
+            self.network,
+            "--hostname",
+            f"workspace-{self.spawner.analysis_id or 'x'}",
+            "--volume",
+            f"{home}:{HOME_IN_CONTAINER}:rw",
+            "--workdir",
+            HOME_IN_CONTAINER,
+            "--log-driver",
+            "k8s-file",
+            "--log-opt",
+            "max-size=10mb",
         ]
         for volume in self.extra_volumes:
             args += ["--volume", volume]
@@ -313,8 +414,10 @@ class ContainerBackend(HomesOnThisHost):
                 except Exception as e:
                     raise BackendError(f"the workspaces' firewall could not be installed: {e}") from None
             else:
-                self.log.warning("workspace firewall NOT installed (needs root and iptables): "
-                                 "workspaces can reach every port of this machine beyond loopback")
+                self.log.warning(
+                    "workspace firewall NOT installed (needs root and iptables): "
+                    "workspaces can reach every port of this machine beyond loopback"
+                )
         rc, _ = await self._podman("image", "exists", self.image, timeout=60)
         if rc != 0:
             from ..image import ensure_workspace_image, workspace_image_tag
@@ -344,12 +447,12 @@ class ContainerBackend(HomesOnThisHost):
         await self._prepare_host()
         # JupyterHub appends its API path to hub_connect_url
         scheme = urlparse(self.spawner.hub.api_url).scheme
-        return Address("0.0.0.0", SERVER_PORT,
-                       hub_connect_url=f"{scheme}://{self.gateway}:{self._hub_api_port()}")
+        return Address(
+            "0.0.0.0", SERVER_PORT, hub_connect_url=f"{scheme}://{self.gateway}:{self._hub_api_port()}"
+        )
 
     async def start(self, request: WorkspaceRequest, on_step) -> tuple[str, int]:
-        on_step(STEP_HOST, f"Acquiring a host for “{request.title}”: a container on "
-                           f"{socket.gethostname()}")
+        on_step(STEP_HOST, f"Acquiring a host for “{request.title}”: a container on {socket.gethostname()}")
         await self._prepare_host()
         loop_key = (self.instance, id(asyncio.get_running_loop()))
         slots = _start_slots.setdefault(loop_key, asyncio.Semaphore(max(1, self.concurrent_starts)))
@@ -373,32 +476,61 @@ class ContainerBackend(HomesOnThisHost):
         inputs = request.provision
         prov_env = inputs.env()
         prov_env["KINETIC_URL"] = self._workspace_kinetic_url()
-        argv = self._podman_argv("run", "--rm", "--name", provision,
-                                 *self._security_args("provision", home), *self._env_args(prov_env),
-                                 self.image, "bash", PROVISION_IN_IMAGE)
-        await run_script(argv, {**self._base_env(), **prov_env}, inputs,
-                         lambda step: report_provision_step(step, on_step),
-                         timeout=self.provision_timeout, log=self.log,
-                         on_timeout=lambda: self._remove(provision))
+        argv = self._podman_argv(
+            "run",
+            "--rm",
+            "--name",
+            provision,
+            *self._security_args("provision", home),
+            *self._env_args(prov_env),
+            self.image,
+            "bash",
+            PROVISION_IN_IMAGE,
+        )
+        await run_script(
+            argv,
+            {**self._base_env(), **prov_env},
+            inputs,
+            lambda step: report_provision_step(step, on_step),
+            timeout=self.provision_timeout,
+            log=self.log,
+            on_timeout=lambda: self._remove(provision),
+        )
 
-        env = {k: v for k, v in request.hub_env.items()
-               if k.startswith(PASSED_PREFIXES) or k in PASSED_NAMES}
+        env = {k: v for k, v in request.hub_env.items() if k.startswith(PASSED_PREFIXES) or k in PASSED_NAMES}
         env["ANALYSIS_ID"] = request.analysis_id  # not secret; the key is in ~/.Renviron only
         if request.default_url:
             env["JUPYTERHUB_DEFAULT_URL"] = request.default_url
         on_step(STEP_SERVER, "Starting the workspace server")
         rc, out = await self._podman(
-            "run", "--detach", "--name", server, *self._security_args("server", home),
-            *self._env_args(env), self.image, ENTRY_IN_IMAGE, "--ip=0.0.0.0", f"--port={SERVER_PORT}",
-            *request.args, env={**self._base_env(), **env}, timeout=120)
+            "run",
+            "--detach",
+            "--name",
+            server,
+            *self._security_args("server", home),
+            *self._env_args(env),
+            self.image,
+            ENTRY_IN_IMAGE,
+            "--ip=0.0.0.0",
+            f"--port={SERVER_PORT}",
+            *request.args,
+            env={**self._base_env(), **env},
+            timeout=120,
+        )
         if rc != 0:
-            raise BackendError(f"the workspace container did not start: "
-                               f"{redact(out, env.get('JUPYTERHUB_API_TOKEN', ''))[-500:]}")
+            raise BackendError(
+                f"the workspace container did not start: "
+                f"{redact(out, env.get('JUPYTERHUB_API_TOKEN', ''))[-500:]}"
+            )
         self.container, self.container_id = server, out.strip().splitlines()[-1][:64]
         self.reflector.forget()
         rc, ip = await self._podman(
-            "inspect", "--format", f"{{{{(index .NetworkSettings.Networks \"{self.network}\").IPAddress}}}}",
-            server, timeout=60)
+            "inspect",
+            "--format",
+            f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}',
+            server,
+            timeout=60,
+        )
         if rc != 0 or not ip.strip():
             raise BackendError(f"the workspace container has no address on {self.network}: {ip[-300:]}")
         self.ip = ip.strip()
@@ -413,15 +545,20 @@ class ContainerBackend(HomesOnThisHost):
         async def listening():
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 2)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 return False
             writer.close()
             return True
 
         try:
-            await exponential_backoff(listening, "workspace server not listening yet",
-                                      start_wait=0.1, max_wait=1, timeout=self.spawner.http_timeout)
-        except asyncio.TimeoutError:
+            await exponential_backoff(
+                listening,
+                "workspace server not listening yet",
+                start_wait=0.1,
+                max_wait=1,
+                timeout=self.spawner.http_timeout,
+            )
+        except TimeoutError:
             pass  # the hub's readiness wait reports it
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -454,8 +591,14 @@ class ContainerBackend(HomesOnThisHost):
     def get_state(self) -> dict:
         state = {"home": self.home} if self.home else {}
         if self.container:
-            state.update({"container": self.container, "container_id": self.container_id,
-                          "ip": self.ip, "port": self.port})
+            state.update(
+                {
+                    "container": self.container,
+                    "container_id": self.container_id,
+                    "ip": self.ip,
+                    "port": self.port,
+                }
+            )
         return state
 
     def load_state(self, state: dict) -> None:

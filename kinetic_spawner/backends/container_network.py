@@ -19,6 +19,7 @@ Rules (iptables, installed idempotently, root only)::
     KINETIC-WS-FWD  -d <blocked cidr> → REJECT        (169.254.0.0/16: cloud metadata)
                     -d <subnet> → REJECT              (workspace to workspace, bridged)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,11 +39,14 @@ class NetworkError(RuntimeError):
 
 async def _run(*argv: str, timeout: float = 60) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         return -1, f"{argv[0]} timed out after {timeout:.0f} s"
@@ -57,8 +61,14 @@ async def ensure_network(podman: str, name: str, subnet: str) -> tuple[str, str]
             rc, out = await _run(podman, "network", "create", "--subnet", subnet, name)
             if rc != 0 and "already exists" not in out:
                 raise NetworkError(f"podman network create {name} failed: {out[-500:]}")
-        rc, out = await _run(podman, "network", "inspect", name, "--format",
-                             "{{range .Subnets}}{{.Subnet}} {{.Gateway}}\n{{end}}")
+        rc, out = await _run(
+            podman,
+            "network",
+            "inspect",
+            name,
+            "--format",
+            "{{range .Subnets}}{{.Subnet}} {{.Gateway}}\n{{end}}",
+        )
         if rc != 0 or not out.split():
             raise NetworkError(f"podman network inspect {name} failed: {out[-500:]}")
         for line in out.splitlines():
@@ -88,8 +98,9 @@ def firewall_available() -> bool:
     return os.geteuid() == 0 and shutil.which("iptables") is not None
 
 
-async def ensure_firewall(subnet: str, gateway: str, allowed_tcp_ports, blocked_cidrs,
-                          iptables: str = "iptables") -> None:
+async def ensure_firewall(
+    subnet: str, gateway: str, allowed_tcp_ports, blocked_cidrs, iptables: str = "iptables"
+) -> None:
     """Install the rules above (idempotent: several hubs on one machine share the chains and each
     adds its own allowed ports)."""
     async with _lock:
@@ -100,16 +111,18 @@ async def ensure_firewall(subnet: str, gateway: str, allowed_tcp_ports, blocked_
         await _ensure_chain(iptables, "CNI-ADMIN")
         await _ensure_rule(iptables, "CNI-ADMIN", ["-s", subnet, "-j", CHAIN_FWD], 1)
         # the final REJECT first (appended once), then the ACCEPTs inserted above it
-        await _ensure_rule(iptables, CHAIN_IN, ["-j", "REJECT", "--reject-with", "icmp-port-unreachable"],
-                           None)
+        await _ensure_rule(
+            iptables, CHAIN_IN, ["-j", "REJECT", "--reject-with", "icmp-port-unreachable"], None
+        )
         for port in sorted(set(int(p) for p in allowed_tcp_ports)):
-            await _ensure_rule(iptables, CHAIN_IN, ["-d", gateway, "-p", "tcp", "--dport", str(port),
-                                                    "-j", "ACCEPT"], 1)
-        await _ensure_rule(iptables, CHAIN_IN, ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
-                                                "-j", "ACCEPT"], 1)
+            await _ensure_rule(
+                iptables, CHAIN_IN, ["-d", gateway, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"], 1
+            )
+        await _ensure_rule(
+            iptables, CHAIN_IN, ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"], 1
+        )
         for cidr in [*blocked_cidrs, subnet]:
             await _ensure_rule(iptables, CHAIN_FWD, ["-d", cidr, "-j", "REJECT"], 1)
 
 
-__all__ = ["ensure_network", "ensure_firewall", "firewall_available", "NetworkError",
-           "CHAIN_IN", "CHAIN_FWD"]
+__all__ = ["ensure_network", "ensure_firewall", "firewall_available", "NetworkError", "CHAIN_IN", "CHAIN_FWD"]

@@ -7,13 +7,14 @@ refresh (single flight). The same loop reaps orphans: a container of this hub th
 wants (no spawner starting it, no server recorded for it) for ``grace`` seconds is removed. Such
 containers are what a hub killed in the middle of a start leaves behind.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 LABEL_PREFIX = "org.kinetic.workspace"
 LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
@@ -27,9 +28,9 @@ LABEL_ROLE = f"{LABEL_PREFIX}.role"
 class ContainerInfo:
     name: str
     id: str
-    state: str              # running, exited, created, ...
+    state: str  # running, exited, created, ...
     exit_code: int
-    created: float          # unix time
+    created: float  # unix time
     labels: dict = field(default_factory=dict)
 
     @property
@@ -44,7 +45,7 @@ class ReflectorError(RuntimeError):
 class ContainerReflector:
     """Snapshots of one hub's workspace containers, shared by all its spawners."""
 
-    _instances: dict[tuple, "ContainerReflector"] = {}
+    _instances: dict[tuple, ContainerReflector] = {}
 
     def __init__(self, podman: str, instance: str, log):
         self.podman = podman
@@ -57,7 +58,7 @@ class ContainerReflector:
         self._unwanted_since: dict[str, float] = {}
 
     @classmethod
-    def for_instance(cls, podman: str, instance: str, log) -> "ContainerReflector":
+    def for_instance(cls, podman: str, instance: str, log) -> ContainerReflector:
         key = (podman, instance, id(asyncio.get_running_loop()))
         if key not in cls._instances:
             cls._instances[key] = cls(podman, instance, log)
@@ -66,12 +67,23 @@ class ContainerReflector:
     # -- snapshots ------------------------------------------------------------------------------
     async def _list(self) -> dict[str, ContainerInfo]:
         proc = await asyncio.create_subprocess_exec(
-            "nice", "-n", "10", self.podman, "ps", "-a", "--filter", f"label={LABEL_INSTANCE}={self.instance}",
-            "--format", "json", stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            "nice",
+            "-n",
+            "10",
+            self.podman,
+            "ps",
+            "-a",
+            "--filter",
+            f"label={LABEL_INSTANCE}={self.instance}",
+            "--format",
+            "json",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), 60)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise ReflectorError("podman ps did not answer within 60 s") from None
@@ -83,9 +95,13 @@ class ContainerReflector:
             if not names:
                 continue
             found[names[0]] = ContainerInfo(
-                name=names[0], id=c.get("Id", ""), state=str(c.get("State", "")).lower(),
-                exit_code=int(c.get("ExitCode") or 0), created=float(c.get("Created") or 0),
-                labels=c.get("Labels") or {})
+                name=names[0],
+                id=c.get("Id", ""),
+                state=str(c.get("State", "")).lower(),
+                exit_code=int(c.get("ExitCode") or 0),
+                created=float(c.get("Created") or 0),
+                labels=c.get("Labels") or {},
+            )
         return found
 
     async def snapshot(self, max_age: float) -> dict[str, ContainerInfo]:
@@ -114,8 +130,9 @@ class ContainerReflector:
         self.taken_at = 0.0
 
     # -- orphans --------------------------------------------------------------------------------
-    def start_reaper(self, wanted: Callable[[ContainerInfo], bool], remove, interval: float,
-                     grace: float) -> None:
+    def start_reaper(
+        self, wanted: Callable[[ContainerInfo], bool], remove, interval: float, grace: float
+    ) -> None:
         """Every ``interval`` s: a container ``wanted`` has said no to for ``grace`` s is removed
         with ``await remove(name)``. Started once per hub; runs until the loop ends."""
         if self._reaper is not None and not self._reaper.done():
@@ -145,8 +162,11 @@ class ContainerReflector:
                 continue
             since = self._unwanted_since.setdefault(name, now)
             if now - since >= grace:
-                self.log.warning("removing workspace container %s: no server of this hub owns it "
-                                 "(left by a hub that stopped during a start?)", name)
+                self.log.warning(
+                    "removing workspace container %s: no server of this hub owns it "
+                    "(left by a hub that stopped during a start?)",
+                    name,
+                )
                 await remove(name)
                 self._unwanted_since.pop(name, None)
                 removed.append(name)
@@ -155,5 +175,13 @@ class ContainerReflector:
         return removed
 
 
-__all__ = ["ContainerReflector", "ContainerInfo", "ReflectorError", "LABEL_INSTANCE", "LABEL_USER",
-           "LABEL_SERVER", "LABEL_ANALYSIS", "LABEL_ROLE"]
+__all__ = [
+    "ContainerReflector",
+    "ContainerInfo",
+    "ReflectorError",
+    "LABEL_INSTANCE",
+    "LABEL_USER",
+    "LABEL_SERVER",
+    "LABEL_ANALYSIS",
+    "LABEL_ROLE",
+]

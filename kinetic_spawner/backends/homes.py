@@ -3,6 +3,7 @@
 One home per analysis, ``<workspaces_root>/<analysisId>``, mode 0700, owned by the workspace user.
 Homes are never deleted here: stopping a workspace removes the compute and keeps the data.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,7 +24,8 @@ class HomesOnThisHost(WorkspaceBackend):
         0700, owned by the workspace user). Homes are never deleted by the spawner: stopping a
         workspace removes the compute and keeps the data. Default: ``state/workspaces`` under the
         hub's working directory. (``c.HomesOnThisHost.workspaces_root`` sets it for both the
-        container and the process backend.)""")
+        container and the process backend.)""",
+    )
 
     @default("workspaces_root")
     def _default_workspaces_root(self):

@@ -8,6 +8,7 @@ Host = this machine; storage = ``<workspaces_root>/<analysisId>`` (mode 0700); p
 ``bash provision.sh`` as the hub's own user; the server = ``jupyterhub-singleuser`` started in its
 own session (so stop can signal the whole group: the server, RStudio, kernels).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,9 +22,17 @@ from pathlib import Path
 
 from traitlets import Float, List, Unicode
 
-from . import (STEP_HOST, STEP_PROVISION, STEP_SERVER, STEP_STORAGE, Address, WorkspaceRequest, report_provision_step)
-from .homes import HomesOnThisHost
 from ..provisioning import restore_default_sigint, run_provision
+from . import (
+    STEP_HOST,
+    STEP_PROVISION,
+    STEP_SERVER,
+    STEP_STORAGE,
+    Address,
+    WorkspaceRequest,
+    report_provision_step,
+)
+from .homes import HomesOnThisHost
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -44,7 +53,7 @@ def process_start_time(pid: int) -> int | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # the command name (field 2) is in parentheses and may itself contain spaces or ')'
-    rest = stat[stat.rfind(")") + 2:].split()
+    rest = stat[stat.rfind(")") + 2 :].split()
     if not rest or rest[0] in ("Z", "X"):
         return None
     return int(rest[19])  # rest[0] is field 3; field 22 is rest[19]
@@ -62,32 +71,41 @@ class ProcessBackend(HomesOnThisHost):
     kind = "process"
 
     singleuser_cmd = List(
-        Unicode(), config=True,
+        Unicode(),
+        config=True,
         help="""The single-user server command, without arguments carrying secrets (there are none:
         the hub token and all settings go in the environment). ``--allow-root`` is added when the
-        hub runs as root. Default: ``jupyterhub-singleuser`` from the hub's own environment.""")
+        hub runs as root. Default: ``jupyterhub-singleuser`` from the hub's own environment.""",
+    )
 
     def _default_singleuser_cmd(self):
         return [str(VENV_BIN / "jupyterhub-singleuser")]
 
     rserver_path = Unicode(
-        "", config=True,
+        "",
+        config=True,
         help="""Full path of RStudio Server's ``rserver``. Empty (default): look on ``PATH`` and in
         ``/usr/lib/rstudio-server/bin``. When set, its directory is put first on the workspace's
-        ``PATH`` so that jupyter-rsession-proxy finds the same program.""")
+        ``PATH`` so that jupyter-rsession-proxy finds the same program.""",
+    )
 
     jupyter_path = List(
-        Unicode(), ["/usr/local/share/jupyter", "/usr/share/jupyter"], config=True,
+        Unicode(),
+        ["/usr/local/share/jupyter", "/usr/share/jupyter"],
+        config=True,
         help="""Directories added to the workspace's ``JUPYTER_PATH``, so that kernels installed by
-        the system (Debian's ``r-cran-irkernel``) appear in JupyterLab started from a virtualenv.""")
+        the system (Debian's ``r-cran-irkernel``) appear in JupyterLab started from a virtualenv.""",
+    )
 
     provision_timeout = Float(
-        300.0, config=True,
-        help="""Seconds provisioning (provision.sh, including the data download) may take.""")
+        300.0,
+        config=True,
+        help="""Seconds provisioning (provision.sh, including the data download) may take.""",
+    )
 
     stop_timeout = Float(
-        10.0, config=True,
-        help="""Seconds to wait after SIGTERM before the whole process group is killed.""")
+        10.0, config=True, help="""Seconds to wait after SIGTERM before the whole process group is killed."""
+    )
 
     def __init__(self, spawner, **kwargs):
         super().__init__(spawner, **kwargs)
@@ -116,17 +134,32 @@ class ProcessBackend(HomesOnThisHost):
         on_step(STEP_STORAGE, "Preparing storage for the analysis home")
         home = await self.prepare_home(request.analysis_id)
         on_step(STEP_PROVISION, "Provisioning the workspace")
-        await run_provision(home, request.provision, lambda step: report_provision_step(step, on_step),
-                            timeout=self.provision_timeout, log=self.log)
+        await run_provision(
+            home,
+            request.provision,
+            lambda step: report_provision_step(step, on_step),
+            timeout=self.provision_timeout,
+            log=self.log,
+        )
 
         path = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", os.defpath)])
         rserver = await asyncio.to_thread(self.find_rserver, path)
         if rserver and self.rserver_path:
             path = os.pathsep.join([os.path.dirname(self.rserver_path), path])
         env = dict(request.hub_env)
-        env.update({"HOME": home, "USER": "workspace", "LOGNAME": "workspace", "SHELL": "/bin/bash",
-                    "PATH": path, "ANALYSIS_ID": request.analysis_id})
-        jupyter_path = [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p] + list(self.jupyter_path)
+        env.update(
+            {
+                "HOME": home,
+                "USER": "workspace",
+                "LOGNAME": "workspace",
+                "SHELL": "/bin/bash",
+                "PATH": path,
+                "ANALYSIS_ID": request.analysis_id,
+            }
+        )
+        jupyter_path = [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p] + list(
+            self.jupyter_path
+        )
         env["JUPYTER_PATH"] = os.pathsep.join(dict.fromkeys(jupyter_path))
         env["JUPYTERHUB_DEFAULT_URL"] = request.default_url or ("/rstudio" if rserver else "/lab")
         cmd = list(self.singleuser_cmd)
@@ -140,9 +173,15 @@ class ProcessBackend(HomesOnThisHost):
         try:
             os.chmod(log_path, 0o600)
             self.proc = await asyncio.create_subprocess_exec(
-                *cmd, cwd=home, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=logf,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                preexec_fn=restore_default_sigint)
+                *cmd,
+                cwd=home,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=restore_default_sigint,
+            )
         finally:
             logf.close()  # the child holds its own copy
         self.pid = self.proc.pid
@@ -165,7 +204,7 @@ class ProcessBackend(HomesOnThisHost):
             if self.proc.returncode is None:
                 try:
                     await asyncio.wait_for(self.proc.wait(), 2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return None
             return self.proc.returncode
         if self._ours_alive():
@@ -186,8 +225,9 @@ class ProcessBackend(HomesOnThisHost):
         while self._ours_alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         if self._ours_alive():
-            self.log.warning("[%s] workspace process %s ignored SIGTERM for %.0f s; killing it",
-                             self.who, pgid, timeout)
+            self.log.warning(
+                "[%s] workspace process %s ignored SIGTERM for %.0f s; killing it", self.who, pgid, timeout
+            )
         # the leader is gone or stubborn: anything left in its group (RStudio, kernels) goes too
         self._signal_group(pgid, signal.SIGKILL)
         await self._reap()
@@ -202,7 +242,7 @@ class ProcessBackend(HomesOnThisHost):
         if self.proc is not None and self.proc.returncode is None:
             try:
                 await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     @property
@@ -217,8 +257,13 @@ class ProcessBackend(HomesOnThisHost):
     def get_state(self) -> dict:
         if not self.pid:
             return {"home": self.home} if self.home else {}
-        return {"home": self.home, "ip": self.ip, "port": self.port, "pid": self.pid,
-                "pid_start": self.pid_start}
+        return {
+            "home": self.home,
+            "ip": self.ip,
+            "port": self.port,
+            "pid": self.pid,
+            "pid_start": self.pid_start,
+        }
 
     def load_state(self, state: dict) -> None:
         self.home = state.get("home", self.home) or ""

@@ -37,6 +37,7 @@ labelled with it and a hub can refuse a host whose image tag differs from its ow
 API: ``workspace_image_tag()`` (pure, cheap), ``await ensure_workspace_image(on_progress)``;
 CLI: ``python -m kinetic_spawner.image`` builds if needed and prints the tag.
 """
+
 from .builder import (
     ImageBuildError,
     ensure_workspace_image,

@@ -1,5 +1,6 @@
 """``python -m kinetic_spawner.image``: build the workspace image if this host lacks it, then
 print its tag on stdout (progress goes to stderr, so ``TAG=$(python -m kinetic_spawner.image)``)."""
+
 import asyncio
 import sys
 import time
@@ -14,8 +15,7 @@ def main() -> int:
     def progress(message: str) -> None:
         if not steps:
             est = builder.ESTIMATE_MIN["workspace"]
-            print(f"building the workspace image (first time, about {est} min)…", file=sys.stderr,
-                  flush=True)
+            print(f"building the workspace image (first time, about {est} min)…", file=sys.stderr, flush=True)
         steps.append(message)
         print(f"  {message}…", file=sys.stderr, flush=True)
 

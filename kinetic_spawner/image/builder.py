@@ -8,6 +8,7 @@ Inputs (all of them go into the fingerprint, so the tag changes exactly when one
   * every file copied into the image (provisioning, the blank project, kinetic-fetch-data and the
     first-party modules it imports, the entry command, the server config, JupyterLab overrides).
 """
+
 from __future__ import annotations
 
 import ast
@@ -29,8 +30,8 @@ HERE = Path(__file__).resolve().parent
 SPAWNER = HERE.parent
 CONTAINERFILE = HERE / "Containerfile"
 REPO = "localhost/kinetic-workspace"
-PYTHON = (3, 11)                      # Debian 12's python3, the image's interpreter
-IMAGE_PYTHON = "3.11.2"               # its exact version (Requires-Python checks)
+PYTHON = (3, 11)  # Debian 12's python3, the image's interpreter
+IMAGE_PYTHON = "3.11.2"  # its exact version (Requires-Python checks)
 TOP_LEVEL = ("jupyterhub", "jupyterlab", "jupyter-server-proxy", "jupyter-rsession-proxy")
 FIRST_PARTY = ("kinetic_auth", "kinetic_spawner", "kinetic_common", "kinetic_core", "enclave_service")
 # First-build durations measured on a 2-core machine (bench.image), for the progress line.
@@ -57,7 +58,8 @@ def check_python(version: tuple[int, int] | None = None) -> None:
         raise ImageBuildError(
             f"the hub runs Python {v[0]}.{v[1]}, but the workspace image has Debian 12's Python "
             f"{PYTHON[0]}.{PYTHON[1]}: wheels resolved here would not install there. Run the hub "
-            f"(and this build) with Python {PYTHON[0]}.{PYTHON[1]}.")
+            f"(and this build) with Python {PYTHON[0]}.{PYTHON[1]}."
+        )
 
 
 def _headers(dist) -> dict[str, list[str]]:
@@ -84,7 +86,7 @@ def requirement_pins(top=TOP_LEVEL) -> list[str]:
     from packaging.specifiers import SpecifierSet
     from packaging.utils import canonicalize_name
 
-    installed = {}                       # one pass over sys.path, names from folder names
+    installed = {}  # one pass over sys.path, names from folder names
     for d in importlib.metadata.distributions():
         name = getattr(d, "_normalized_name", None) or d.metadata["Name"] or ""
         installed.setdefault(canonicalize_name(name), d)
@@ -98,14 +100,16 @@ def requirement_pins(top=TOP_LEVEL) -> list[str]:
         if dist is None:
             raise ImageBuildError(
                 f"{name} is not installed in the hub's environment ({sys.prefix}); the workspace "
-                f"image takes its Python package versions from there")
+                f"image takes its Python package versions from there"
+            )
         meta = _headers(dist)
         version = meta["Version"][0]
         requires_python = (meta.get("Requires-Python") or [""])[0]
         fits = not requires_python or IMAGE_PYTHON in SpecifierSet(requires_python)
         if not fits and key in map(canonicalize_name, top):
-            raise ImageBuildError(f"{key} {version} (the hub's) needs Python "
-                                  f"{requires_python}; the image has {IMAGE_PYTHON}")
+            raise ImageBuildError(
+                f"{key} {version} (the hub's) needs Python {requires_python}; the image has {IMAGE_PYTHON}"
+            )
         pins[key] = f"{key}=={version}" if fits else key
         for extra in extras:
             if (key, extra) in done:
@@ -115,7 +119,7 @@ def requirement_pins(top=TOP_LEVEL) -> list[str]:
                 req = Requirement(line)
                 if req.marker is None:
                     if extra:
-                        continue                       # already taken with the plain package
+                        continue  # already taken with the plain package
                 elif not req.marker.evaluate({"extra": extra}):
                     continue
                 todo.append((req.name, ("", *sorted(req.extras))))
@@ -144,7 +148,7 @@ def _first_party_imports(path: Path, module: str) -> set[str]:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
-                parent = ".".join(parts[:len(parts) - node.level + 1])
+                parent = ".".join(parts[: len(parts) - node.level + 1])
                 base = f"{parent}.{base}".strip(".")
             names = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
@@ -193,8 +197,14 @@ def context_files() -> dict[str, tuple[bytes, int]]:
         parts = name.split(".")
         for i in range(1, len(parts)):
             stub = "opt/lib/" + "/".join(parts[:i]) + "/__init__.py"
-            files.setdefault(stub, (f'"""{".".join(parts[:i])}: only what kinetic-fetch-data '
-                                    f'needs inside the workspace image."""\n'.encode(), 0o644))
+            files.setdefault(
+                stub,
+                (
+                    f'"""{".".join(parts[:i])}: only what kinetic-fetch-data '
+                    f'needs inside the workspace image."""\n'.encode(),
+                    0o644,
+                ),
+            )
     add("opt/bin/kinetic-workspace", HERE / "files" / "kinetic-workspace", 0o755)
     add("opt/bin/kinetic-fetch-data", HERE / "files" / "kinetic-fetch-data", 0o755)
     add("jupyter/jupyter_server_config.py", HERE / "files" / "jupyter_server_config.py")
@@ -208,10 +218,8 @@ def _pins_text(pins: list[str]) -> str:
     return "".join(p + "\n" for p in pins)
 
 
-def fingerprint(base: str, containerfile: str, pins: list[str],
-                files: dict[str, tuple[bytes, int]]) -> str:
-    h = hashlib.sha256(f"base\0{base}\0containerfile\0{containerfile}\0pins\0{_pins_text(pins)}\0"
-                       .encode())
+def fingerprint(base: str, containerfile: str, pins: list[str], files: dict[str, tuple[bytes, int]]) -> str:
+    h = hashlib.sha256(f"base\0{base}\0containerfile\0{containerfile}\0pins\0{_pins_text(pins)}\0".encode())
     for rel in sorted(files):
         data, mode = files[rel]
         h.update(f"{rel}\0{mode:o}\0".encode() + hashlib.sha256(data).digest())
@@ -219,8 +227,7 @@ def fingerprint(base: str, containerfile: str, pins: list[str],
 
 
 def _inputs() -> tuple[str, str, list[str], dict]:
-    return (base_images.base_image_tag(), CONTAINERFILE.read_text(), requirement_pins(),
-            context_files())
+    return (base_images.base_image_tag(), CONTAINERFILE.read_text(), requirement_pins(), context_files())
 
 
 def workspace_image_tag() -> str:
@@ -243,6 +250,7 @@ async def _run(argv: list[str], timeout: float) -> tuple[int, str]:
 
 def _wheel_files(directory: Path) -> dict[str, Path]:
     from packaging.utils import canonicalize_name, parse_wheel_filename
+
     out = {}
     for p in directory.glob("*.whl"):
         name, version, *_ = parse_wheel_filename(p.name)
@@ -264,13 +272,29 @@ async def ensure_wheelhouse(pins: list[str], on_progress=None, timeout: float = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=house.parent))
     try:
         (tmp / "pins.txt").write_text(_pins_text(pins))
-        rc, out = await _run([sys.executable, "-m", "pip", "download", "--quiet",
-                              "--disable-pip-version-check", "--only-binary=:all:",
-                              "--python-version", IMAGE_PYTHON, "--dest", str(tmp),
-                              "-r", str(tmp / "pins.txt")], timeout)
+        rc, out = await _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                "--python-version",
+                IMAGE_PYTHON,
+                "--dest",
+                str(tmp),
+                "-r",
+                str(tmp / "pins.txt"),
+            ],
+            timeout,
+        )
         if rc != 0:
-            raise ImageBuildError(f"collecting the workspace's Python wheels failed (pip download "
-                                  f"for Python {IMAGE_PYTHON}): {out.strip()[-1500:]}")
+            raise ImageBuildError(
+                f"collecting the workspace's Python wheels failed (pip download "
+                f"for Python {IMAGE_PYTHON}): {out.strip()[-1500:]}"
+            )
         have = _wheel_files(tmp)
         names = {h.split("==")[0] for h in have}
         missing = [p for p in pins if p not in have and p.split("==")[0] not in names]
@@ -280,7 +304,7 @@ async def ensure_wheelhouse(pins: list[str], on_progress=None, timeout: float = 
         (tmp / "requirements.txt").write_text(_pins_text(sorted(have)))
         try:
             tmp.rename(house)
-        except OSError:                 # another build made it meanwhile: use theirs
+        except OSError:  # another build made it meanwhile: use theirs
             if not (house / "requirements.txt").is_file():
                 raise
     finally:
@@ -288,13 +312,15 @@ async def ensure_wheelhouse(pins: list[str], on_progress=None, timeout: float = 
     return house
 
 
-def write_context(ctx: Path, base: str, fp: str, pins: list[str], files: dict,
-                  wheelhouse: Path | None) -> None:
+def write_context(
+    ctx: Path, base: str, fp: str, pins: list[str], files: dict, wheelhouse: Path | None
+) -> None:
     """The build context: ``Containerfile``, ``opt/``, ``jupyter/``, ``wheels/``. Any engine
     can build it (``podman build``, ``docker build``)."""
     ctx.mkdir(parents=True, exist_ok=True)
     text = string.Template(CONTAINERFILE.read_text()).substitute(
-        base=base, fingerprint=fp[:24], pins=hashlib.sha256(_pins_text(pins).encode()).hexdigest()[:16])
+        base=base, fingerprint=fp[:24], pins=hashlib.sha256(_pins_text(pins).encode()).hexdigest()[:16]
+    )
     (ctx / "Containerfile").write_text(text)
     for rel, (data, mode) in files.items():
         p = ctx / rel
@@ -314,12 +340,18 @@ def write_context(ctx: Path, base: str, fp: str, pins: list[str], files: dict,
                 shutil.copy2(w, wheels / w.name)
 
 
-_locks: dict[int, asyncio.Lock] = {}     # one build at a time per event loop (locks bind to one)
+_locks: dict[int, asyncio.Lock] = {}  # one build at a time per event loop (locks bind to one)
 
 
-async def ensure_workspace_image(on_progress=None, *, podman: str = "podman",
-                                 runtime: str = "runc", timeout: float = 3600,
-                                 layer_cache: bool = True, repo: str = REPO) -> str:
+async def ensure_workspace_image(
+    on_progress=None,
+    *,
+    podman: str = "podman",
+    runtime: str = "runc",
+    timeout: float = 3600,
+    layer_cache: bool = True,
+    repo: str = REPO,
+) -> str:
     """Return the workspace image's tag, building it (and the shared R base) first if this host
     does not have it. ``on_progress(message)`` (plain or async) hears each long step. Never
     blocks the event loop: files are read in a thread, tools run as subprocesses.
@@ -336,8 +368,10 @@ async def ensure_workspace_image(on_progress=None, *, podman: str = "podman",
             return tag
         check_python()
         if not await base_images.image_exists(base, podman):
-            await _say(on_progress, f"building the shared R base image (first time, about "
-                                    f"{ESTIMATE_MIN['base']} min)")
+            await _say(
+                on_progress,
+                f"building the shared R base image (first time, about {ESTIMATE_MIN['base']} min)",
+            )
             try:
                 await base_images.ensure_base_image(podman=podman, runtime=runtime)
             except base_images.ImageBuildError as e:
@@ -349,13 +383,29 @@ async def ensure_workspace_image(on_progress=None, *, podman: str = "podman",
         with tempfile.TemporaryDirectory(prefix="workspace-", dir=work) as tmp:
             ctx = Path(tmp)
             await asyncio.to_thread(write_context, ctx, base, fp, pins, files, house)
-            argv = [podman, "--runtime", runtime, "build", "--pull=never", "--network=none",
-                    *([] if layer_cache else ["--no-cache", "--layers=false"]),
-                    "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096",
-                    "-f", str(ctx / "Containerfile"), "-t", tag, str(ctx)]
+            argv = [
+                podman,
+                "--runtime",
+                runtime,
+                "build",
+                "--pull=never",
+                "--network=none",
+                *([] if layer_cache else ["--no-cache", "--layers=false"]),
+                "--ulimit",
+                "nofile=20000:20000",
+                "--ulimit",
+                "nproc=4096:4096",
+                "-f",
+                str(ctx / "Containerfile"),
+                "-t",
+                tag,
+                str(ctx),
+            ]
             t0 = time.monotonic()
             rc, out = await _run(argv, timeout)
         if rc != 0 or not await base_images.image_exists(tag, podman):
-            raise ImageBuildError(f"building the workspace image {tag} failed after "
-                                  f"{time.monotonic() - t0:.0f} s: {out.strip()[-2000:]}")
+            raise ImageBuildError(
+                f"building the workspace image {tag} failed after "
+                f"{time.monotonic() - t0:.0f} s: {out.strip()[-2000:]}"
+            )
         return tag

@@ -32,24 +32,28 @@ def busybox_image():
     if subprocess.run(["podman", "image", "exists", TEST_IMAGE]).returncode == 0:
         return TEST_IMAGE
     import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for d in ("bin", "etc", "tmp", "home/editor/kinetic", "proc", "sys", "dev"):
             (root / d).mkdir(parents=True, exist_ok=True)
-        (root / "tmp").chmod(0o1777)     # podman copies the image's /tmp mode onto the tmpfs
+        (root / "tmp").chmod(0o1777)  # podman copies the image's /tmp mode onto the tmpfs
         shutil.copy2(BUSYBOX, root / "bin/busybox")
         applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True).stdout.split()
         for a in applets:
             if a != "busybox":
                 (root / "bin" / a).symlink_to("busybox")
-        (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n"
-                                         "editor:x:1010:1010::/home/editor:/bin/sh\n")
+        (root / "etc/passwd").write_text(
+            "root:x:0:0::/root:/bin/sh\neditor:x:1010:1010::/home/editor:/bin/sh\n"
+        )
         (root / "etc/group").write_text("root:x:0:\neditor:x:1010:\n")
-        tar = subprocess.Popen(["tar", "-C", tmp, "--numeric-owner", "-cf", "-", "."],
-                               stdout=subprocess.PIPE)
-        subprocess.run(["podman", "import", "--change", "USER 1010:1010",
-                        "--change", "ENV PATH=/bin", "-", TEST_IMAGE],
-                       stdin=tar.stdout, check=True, capture_output=True)
+        tar = subprocess.Popen(["tar", "-C", tmp, "--numeric-owner", "-cf", "-", "."], stdout=subprocess.PIPE)
+        subprocess.run(
+            ["podman", "import", "--change", "USER 1010:1010", "--change", "ENV PATH=/bin", "-", TEST_IMAGE],
+            stdin=tar.stdout,
+            check=True,
+            capture_output=True,
+        )
         tar.wait()
     return TEST_IMAGE
 
@@ -61,6 +65,7 @@ def r_base_image():
     if not _podman_ok() or not shutil.which("debootstrap"):
         pytest.skip("podman, runc and debootstrap are required")
     from enclave_service.images import ensure_base_image
+
     t0 = time.monotonic()
     tag = asyncio.run(ensure_base_image())
     print(f"\n[r_base_image] {tag} ready in {time.monotonic() - t0:.1f} s")
@@ -79,7 +84,7 @@ def make_job(tmp_path):
         project = base / "code" / "kinetic"
         project.mkdir(parents=True)
         (project / "data").mkdir()
-        (project / "data" / "synthetic.csv").write_text("x\n999\n")   # shadowed by real data
+        (project / "data" / "synthetic.csv").write_text("x\n999\n")  # shadowed by real data
         data_dir = base / "data"
         data_dir.mkdir()
         for name, text in (data or {"input.csv": "x\n1\n2\n3\n"}).items():
@@ -91,8 +96,16 @@ def make_job(tmp_path):
             (project / "main.sh").write_text(script)
             command = ["/bin/sh", "main.sh"]
         rid = run_id or f"t{int(time.time() * 1000) % 10**9}-{n}"
-        return RunJob(run_id=rid, image=image, code_dir=base / "code", data_dir=data_dir,
-                      output_dir=base / "output", limits=RunLimits(**limits), command=command)
+        return RunJob(
+            run_id=rid,
+            image=image,
+            code_dir=base / "code",
+            data_dir=data_dir,
+            output_dir=base / "output",
+            limits=RunLimits(**limits),
+            command=command,
+        )
+
     return make
 
 
@@ -100,6 +113,7 @@ def make_job(tmp_path):
 async def podman_runner():
     """A PodmanRunner that removes every container it was asked about at teardown."""
     from enclave_service.runners.podman import PodmanRunner
+
     runner = PodmanRunner(stop_grace_seconds=1)
     jobs = []
     orig = runner.prepare
@@ -107,9 +121,11 @@ async def podman_runner():
     async def tracking_prepare(job):
         jobs.append(job)
         return await orig(job)
+
     runner.prepare = tracking_prepare
     yield runner
     for job in jobs:
         await runner.cleanup(job)
+
 
 # ======================= end of runner / image fixtures ===============================

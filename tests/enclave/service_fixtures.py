@@ -5,6 +5,7 @@ the Kinetic stand-in, a real SMTP sink, and researchers signed in to the stand-i
 Import into a test module with ``from .service_fixtures import *``. The hub is shared by every
 module that uses it (one per session), because starting it and building images costs seconds.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,10 +21,18 @@ import requests
 
 from kinetic_auth.keys import ensure_standin_keys
 from kinetic_auth.standin import seed
-from tests.support import ROOT, free_port, start_process, stop_process, child_env, wait_for_http
+from tests.support import ROOT, child_env, free_port, start_process, stop_process, wait_for_http
 
-__all__ = ["enclave_hub", "EnclaveHub", "make_home", "GOOD_MAIN", "wait_for_state", "approve_twice",
-           "metric_samples", "metric_value"]
+__all__ = [
+    "enclave_hub",
+    "EnclaveHub",
+    "make_home",
+    "GOOD_MAIN",
+    "wait_for_state",
+    "approve_twice",
+    "metric_samples",
+    "metric_value",
+]
 
 GOOD_MAIN = """# reading time and quiz scores, by course
 cutoff_date = "2026-01-15"
@@ -41,8 +50,9 @@ def make_home(root: Path, main_r: str) -> Path:
     (project / "data").mkdir(parents=True, exist_ok=True)
     (project / "output").mkdir(exist_ok=True)
     (project / "main.r").write_text(main_r)
-    (project / "data" / "responses.csv").write_text("student_id,course,week,minutes_reading,quiz_score\n"
-                                                    "synthetic-0001,biology,1,10,50\n")
+    (project / "data" / "responses.csv").write_text(
+        "student_id,course,week,minutes_reading,quiz_score\nsynthetic-0001,biology,1,10,50\n"
+    )
     return root
 
 
@@ -91,23 +101,34 @@ class EnclaveHub:
         self.api = f"{self.url}/hub/api"
         self.service_url = f"{self.url}/services/enclave/"
         self.admin_token = secrets.token_hex(32)
-        self.metrics_token = secrets.token_hex(32)   # the test-prometheus service's
-        self.db_url = db_url                          # the enclave's database (None: SQLite)
+        self.metrics_token = secrets.token_hex(32)  # the test-prometheus service's
+        self.db_url = db_url  # the enclave's database (None: SQLite)
         self.tokens: dict[str, str] = {}
         self.proc = None
 
     # -- process ------------------------------------------------------------------------
-    def start(self) -> "EnclaveHub":
+    def start(self) -> EnclaveHub:
         for d in (self.state, self.enclave_state, self.workspaces):
             d.mkdir(parents=True, exist_ok=True)
         keys_state = self.standin.state_dir
         ensure_standin_keys(keys_state)
         cfg = HUB_CONFIG.format(
-            root=str(ROOT), port=self.port, hub_port=free_port(), proxy_api_port=free_port(),
-            state=self.state, admin_token=self.admin_token, enclave_state=str(self.enclave_state),
-            kinetic_url=self.standin.url, reviewers=list(seed.REVIEWERS), smtp_port=self.smtp_port,
-            key_file=str(Path(keys_state) / "keys" / "kinetic_enclave_key"), service_port=free_port(),
-            workspaces=str(self.workspaces), db_url=self.db_url, metrics_token=self.metrics_token)
+            root=str(ROOT),
+            port=self.port,
+            hub_port=free_port(),
+            proxy_api_port=free_port(),
+            state=self.state,
+            admin_token=self.admin_token,
+            enclave_state=str(self.enclave_state),
+            kinetic_url=self.standin.url,
+            reviewers=list(seed.REVIEWERS),
+            smtp_port=self.smtp_port,
+            key_file=str(Path(keys_state) / "keys" / "kinetic_enclave_key"),
+            service_port=free_port(),
+            workspaces=str(self.workspaces),
+            db_url=self.db_url,
+            metrics_token=self.metrics_token,
+        )
         (self.state / "jupyterhub_config.py").write_text(cfg)
         env = child_env(JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32))
         self.env = env
@@ -115,8 +136,12 @@ class EnclaveHub:
         return self
 
     def _launch(self):
-        self.proc = start_process([sys.executable, "-m", "jupyterhub", "-f", str(self.state / "jupyterhub_config.py")],
-                                  self.state / "hub.log", env=self.env, cwd=self.state)
+        self.proc = start_process(
+            [sys.executable, "-m", "jupyterhub", "-f", str(self.state / "jupyterhub_config.py")],
+            self.state / "hub.log",
+            env=self.env,
+            cwd=self.state,
+        )
         wait_for_http(self.api, timeout=60, proc=self.proc)
         self.wait_service()
 
@@ -125,7 +150,7 @@ class EnclaveHub:
         while time.monotonic() < deadline:
             try:
                 r = requests.get(self.service_url + "api/runs", timeout=3)
-                if r.status_code == 403:    # up, and refusing the anonymous caller
+                if r.status_code == 403:  # up, and refusing the anonymous caller
                     return
             except requests.RequestException:
                 pass
@@ -147,8 +172,9 @@ class EnclaveHub:
 
     # -- hub API ------------------------------------------------------------------------
     def admin(self, method: str, path: str, **kw) -> requests.Response:
-        r = requests.request(method, self.api + path, headers={"Authorization": f"token {self.admin_token}"},
-                             timeout=15, **kw)
+        r = requests.request(
+            method, self.api + path, headers={"Authorization": f"token {self.admin_token}"}, timeout=15, **kw
+        )
         return r
 
     def user(self, uuid: str) -> str:
@@ -169,9 +195,15 @@ class EnclaveHub:
         DummyAuthenticator clears it, so the page tests call this again after signing in.)"""
         cookie = self.standin.sign_in(requests.Session(), uuid)
         person = next(p for p in seed.RESEARCHERS if p["uuid"] == uuid)
-        auth_state = {"sso_cookie": cookie, "uuid": uuid,
-                      "profile": {"first_name": person["first_name"], "last_name": person["last_name"],
-                                  "email": person["email"]}}
+        auth_state = {
+            "sso_cookie": cookie,
+            "uuid": uuid,
+            "profile": {
+                "first_name": person["first_name"],
+                "last_name": person["last_name"],
+                "email": person["email"],
+            },
+        }
         r = self.admin("PATCH", f"/users/{uuid}", json={"auth_state": auth_state})
         assert r.status_code == 200, r.text
 
@@ -183,8 +215,13 @@ class EnclaveHub:
 
     def submit_archive(self, uuid: str, analysis_id, archive: Path, message: str = "test run"):
         with open(archive, "rb") as f:
-            return self.call(uuid, "POST", "api/runs", data={"analysis_id": str(analysis_id), "message": message},
-                             files={"archive": ("archive.tar.zst", f, "application/zstd")})
+            return self.call(
+                uuid,
+                "POST",
+                "api/runs",
+                data={"analysis_id": str(analysis_id), "message": message},
+                files={"archive": ("archive.tar.zst", f, "application/zstd")},
+            )
 
     def metrics(self, token: str | None = None, path: str = "metrics") -> requests.Response:
         """GET the enclave's metrics through the hub's proxy (default: the scrape token), sending the
@@ -214,16 +251,20 @@ def wait_for_state(hub: EnclaveHub, uuid: str, run_id: str, states, timeout: flo
                 if last["state"] in states:
                     return last
         except requests.RequestException:
-            pass     # the service may be restarting
+            pass  # the service may be restarting
         time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not reach {states}; last seen: {last and last['state']} "
-                         f"{last and last.get('failure')}")
+    raise AssertionError(
+        f"run {run_id} did not reach {states}; last seen: {last and last['state']} "
+        f"{last and last.get('failure')}"
+    )
 
 
 def approve_twice(hub: EnclaveHub, run_id: str, author: str) -> dict:
     """The two seeded reviewers approve; returns the run once it is released (or failed to be)."""
     for reviewer in seed.REVIEWERS[:2]:
-        r = hub.call(reviewer, "POST", f"api/runs/{run_id}/review", json={"decision": "approve", "comment": "ok"})
+        r = hub.call(
+            reviewer, "POST", f"api/runs/{run_id}/review", json={"decision": "approve", "comment": "ok"}
+        )
         assert r.status_code == 200, r.text
     return wait_for_state(hub, author, run_id, {"released", "failed_released"}, timeout=60)
 
@@ -231,6 +272,7 @@ def approve_twice(hub: EnclaveHub, run_id: str, author: str) -> dict:
 def metric_samples(resp: requests.Response) -> dict:
     """{(sample name, ((label, value), …)): value} of a Prometheus text exposition."""
     from prometheus_client.parser import text_string_to_metric_families
+
     assert resp.status_code == 200, (resp.status_code, resp.text[:300])
     assert resp.headers["Content-Type"].startswith("text/plain")
     out = {}
@@ -252,6 +294,7 @@ def enclave_hub(standin, r_base_image, tmp_path_factory, request):
     """One real hub + enclave service + SMTP sink for every service test of the session."""
     if "hub" not in _shared:
         from enclave_service.mailsink import MailSink
+
         base = tmp_path_factory.mktemp("enclave-hub")
         smtp_port = free_port()
         sink = MailSink(base / "mail", port=smtp_port).start()
@@ -268,5 +311,6 @@ def enclave_hub(standin, r_base_image, tmp_path_factory, request):
         def teardown():
             hub.stop()
             sink.stop()
+
         request.config.add_cleanup(teardown)
     return _shared["hub"]

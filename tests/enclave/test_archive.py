@@ -1,4 +1,5 @@
 """The submission archive: deterministic, consistent while files change (W6), and safe to extract."""
+
 import io
 import os
 import tarfile
@@ -49,8 +50,15 @@ async def test_roundtrip_skip_rules_and_determinism(tmp_path):
     assert names[0] == "archive" and len(names) == len(set(names))
     assert all(n == "archive" or n.startswith("archive/") for n in names)
     assert {(m, u, un) for _, m, u, un in entries} == {(arc.FIXED_MTIME, 0, "")}
-    for skipped in (".git", "run.log", ".cache", ".local/share/rstudio", "renv/library", ".Renviron",
-                    ".Rhistory"):
+    for skipped in (
+        ".git",
+        "run.log",
+        ".cache",
+        ".local/share/rstudio",
+        "renv/library",
+        ".Renviron",
+        ".Rhistory",
+    ):
         assert not any(skipped in n for n in names), skipped
     assert "archive/kinetic/renv/activate.R" in names and "archive/kinetic/output" in names
     kept = ("kinetic/main.r", "kinetic/data/a.csv", "kinetic/renv.lock", "kinetic/renv/activate.R")
@@ -207,19 +215,22 @@ def special(name, type_, linkname=""):
 ROOTDIR = special("archive", tarfile.DIRTYPE)
 
 
-@pytest.mark.parametrize("members, reason", [
-    ([ROOTDIR, reg("archive/ok"), reg("archive/../../escaped")], "'..'"),
-    ([ROOTDIR, reg("/tmp/escaped-abs")], "absolute"),
-    ([ROOTDIR, reg("elsewhere/x")], "not under archive/"),
-    ([ROOTDIR, special("archive/passwd", tarfile.SYMTYPE, "/etc/passwd")], "symbolic link"),
-    ([ROOTDIR, reg("archive/a"), special("archive/b", tarfile.LNKTYPE, "/etc/passwd")], "hard link"),
-    ([ROOTDIR, special("archive/dev", tarfile.CHRTYPE)], "device"),
-    ([ROOTDIR, reg("archive/a"), reg("archive/a")], "twice"),
-    ([ROOTDIR, reg("archive/a"), reg("archive/a/b")], "inside something that is a file"),
-    ([ROOTDIR] + [reg(f"archive/f{i}") for i in range(6)], "more than 5 files"),
-    ([ROOTDIR, reg("archive/big", b"0" * 3000)], "limit 2000"),
-    ([ROOTDIR, reg("archive/a", b"0" * 1500), reg("archive/b", b"0" * 1500)], "more than 2500 bytes"),
-])
+@pytest.mark.parametrize(
+    "members, reason",
+    [
+        ([ROOTDIR, reg("archive/ok"), reg("archive/../../escaped")], "'..'"),
+        ([ROOTDIR, reg("/tmp/escaped-abs")], "absolute"),
+        ([ROOTDIR, reg("elsewhere/x")], "not under archive/"),
+        ([ROOTDIR, special("archive/passwd", tarfile.SYMTYPE, "/etc/passwd")], "symbolic link"),
+        ([ROOTDIR, reg("archive/a"), special("archive/b", tarfile.LNKTYPE, "/etc/passwd")], "hard link"),
+        ([ROOTDIR, special("archive/dev", tarfile.CHRTYPE)], "device"),
+        ([ROOTDIR, reg("archive/a"), reg("archive/a")], "twice"),
+        ([ROOTDIR, reg("archive/a"), reg("archive/a/b")], "inside something that is a file"),
+        ([ROOTDIR] + [reg(f"archive/f{i}") for i in range(6)], "more than 5 files"),
+        ([ROOTDIR, reg("archive/big", b"0" * 3000)], "limit 2000"),
+        ([ROOTDIR, reg("archive/a", b"0" * 1500), reg("archive/b", b"0" * 1500)], "more than 2500 bytes"),
+    ],
+)
 async def test_extract_refuses_malicious_archives(tmp_path, members, reason):
     src = evil(tmp_path / "evil.tar.zst", members)
     dest = tmp_path / "sandbox" / "dest"
@@ -246,16 +257,18 @@ async def test_extract_refuses_a_zstd_bomb_while_streaming(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ArchiveError, match="expands to more than"):
-        await extract_archive(bomb, dest, ArchiveLimits(max_total_bytes=2**20, max_files=10,
-                                                        max_header_bytes=2**30))
+        await extract_archive(
+            bomb, dest, ArchiveLimits(max_total_bytes=2**20, max_files=10, max_header_bytes=2**30)
+        )
     assert dest.is_dir() and not any(dest.iterdir())
     # with the default header bound it never gets that far: refused by the announced size
     with pytest.raises(ArchiveError, match="pax extended header of 5242"):
         await extract_archive(bomb, dest)
 
 
-@pytest.mark.parametrize("kind, words", [(tarfile.GNUTYPE_LONGNAME, "GNU long name"),
-                                         (tarfile.XGLTYPE, "pax global header")])
+@pytest.mark.parametrize(
+    "kind, words", [(tarfile.GNUTYPE_LONGNAME, "GNU long name"), (tarfile.XGLTYPE, "pax global header")]
+)
 async def test_header_extensions_are_bounded_before_they_are_read(tmp_path, kind, words):
     ti = tarfile.TarInfo("././@LongLink")
     ti.type, ti.size = kind, 3 * 2**20

@@ -1,6 +1,7 @@
 """EC2Runner against moto (server mode) + a real asyncssh server on loopback standing in for
 the instance's sshd. The 'instance' runs commands locally with a `docker` shim that records
 its argv and execs podman, so the container really runs."""
+
 import asyncio
 import base64
 import json
@@ -34,6 +35,7 @@ os.execvp("podman", ["podman", "--runtime", "runc"] + sys.argv[1:])
 @pytest.fixture(scope="module")
 def moto_url():
     from moto.server import ThreadedMotoServer
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -43,8 +45,12 @@ def moto_url():
 
 @pytest.fixture
 def aws_env(monkeypatch):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "eu-west-2", "KINETIC_ENCLAVE_KEY": SECRET}.items():
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-2",
+        "KINETIC_ENCLAVE_KEY": SECRET,
+    }.items():
         monkeypatch.setenv(k, v)
 
 
@@ -58,8 +64,9 @@ async def network(moto_url, aws_env):
         ami = (await ec2.describe_images())["Images"][0]["ImageId"]
         vpc = (await ec2.create_vpc(CidrBlock="10.20.0.0/16"))["Vpc"]["VpcId"]
         subnet = (await ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24"))["Subnet"]["SubnetId"]
-        sg = (await ec2.create_security_group(GroupName=f"run-{vpc}", Description="ssh from hub",
-                                              VpcId=vpc))["GroupId"]
+        sg = (await ec2.create_security_group(GroupName=f"run-{vpc}", Description="ssh from hub", VpcId=vpc))[
+            "GroupId"
+        ]
     return {"ami": ami, "subnet": subnet, "sg": sg}
 
 
@@ -69,10 +76,12 @@ async def keys_from_live_user_data(moto_url) -> set[str]:
     keys = set()
     async with ec2_client(moto_url) as ec2:
         resp = await ec2.describe_instances(
-            Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+            Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+        )
         for inst in (i for r in resp["Reservations"] for i in r["Instances"]):
-            ud = (await ec2.describe_instance_attribute(
-                InstanceId=inst["InstanceId"], Attribute="userData"))["UserData"].get("Value", "")
+            ud = (await ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData"))[
+                "UserData"
+            ].get("Value", "")
             for line in base64.b64decode(ud).decode().splitlines():
                 if "ssh-ed25519 " in line:
                     keys.add(line.split("ssh-ed25519 ", 1)[1].split()[0])
@@ -113,8 +122,12 @@ async def fake_instance_sshd(tmp_path, moto_url):
 
     async def handle(process):
         proc = await asyncio.create_subprocess_shell(
-            process.command, env=env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            process.command,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
 
         async def pump_in():
             try:
@@ -124,20 +137,26 @@ async def fake_instance_sshd(tmp_path, moto_url):
             finally:
                 proc.stdin.close()
 
-        async def pump_out(src, dst):        # by hand: process.redirect races (ENVIRONMENT.md)
+        async def pump_out(src, dst):  # by hand: process.redirect races (ENVIRONMENT.md)
             while chunk := await src.read(65536):
                 dst.write(chunk)
-        feeder = asyncio.ensure_future(pump_in())     # like sshd: stdin need not reach EOF
-        await asyncio.gather(pump_out(proc.stdout, process.stdout),
-                             pump_out(proc.stderr, process.stderr))
+
+        feeder = asyncio.ensure_future(pump_in())  # like sshd: stdin need not reach EOF
+        await asyncio.gather(pump_out(proc.stdout, process.stdout), pump_out(proc.stderr, process.stderr))
         rc = await proc.wait()
         feeder.cancel()
         process.exit(rc)
 
     fallback = client_key.export_public_key().decode().split()[1]
     server = await asyncssh.create_server(
-        lambda: InstanceSSHServer(moto_url, fallback), "127.0.0.1", 0, server_host_keys=[host_key],
-        process_factory=handle, sftp_factory=True, encoding=None)
+        lambda: InstanceSSHServer(moto_url, fallback),
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        process_factory=handle,
+        sftp_factory=True,
+        encoding=None,
+    )
     port = server.sockets[0].getsockname()[1]
     pub = host_key.export_public_key().decode().strip()
     yield {"port": port, "host_pub": pub, "client_key": str(client_key_path), "log": log}
@@ -149,47 +168,57 @@ def ec2_runner(moto_url, network, fake_instance_sshd, tmp_path):
     sshd = fake_instance_sshd
 
     async def pinned_key(runner, instance):
-        return sshd["host_pub"]   # production: console_host_key (cloud-init console lines)
+        return sshd["host_pub"]  # production: console_host_key (cloud-init console lines)
 
     def make(**kw):
         kw.setdefault("ssh_client_key_path", sshd["client_key"])
         return EC2Runner(
-            endpoint_url=moto_url, image_id=network["ami"], subnet_id=network["subnet"],
-            security_group_ids=[network["sg"]], hub_name=HUB, ssh_username="admin",
+            endpoint_url=moto_url,
+            image_id=network["ami"],
+            subnet_id=network["subnet"],
+            security_group_ids=[network["sg"]],
+            hub_name=HUB,
+            ssh_username="admin",
             host_key_source=pinned_key,
             connect_address=lambda inst: ("127.0.0.1", sshd["port"]),
-            docker_command=["docker"], remote_sudo=[], remote_root=str(tmp_path / "remote"),
+            docker_command=["docker"],
+            remote_sudo=[],
+            remote_root=str(tmp_path / "remote"),
             ssh_key_dir=str(tmp_path / "run-keys"),
-            poll_interval=0.2, stop_grace_seconds=1, **kw)
+            poll_interval=0.2,
+            stop_grace_seconds=1,
+            **kw,
+        )
+
     return make
 
 
 async def instance_of(moto_url, run_id):
     async with ec2_client(moto_url) as ec2:
-        resp = await ec2.describe_instances(
-            Filters=[{"Name": "tag:kinetic.run_id", "Values": [run_id]}])
+        resp = await ec2.describe_instances(Filters=[{"Name": "tag:kinetic.run_id", "Values": [run_id]}])
     found = [i for r in resp["Reservations"] for i in r["Instances"]]
     assert len(found) == 1
     return found[0]
 
 
 def docker_calls(log):
-    return [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def core_argv(argv, engine):
     """Strip what is allowed to differ: program name, engine-only flags, runtime."""
-    argv = list(argv[argv.index("create") + 1:])
+    argv = list(argv[argv.index("create") + 1 :])
     for flag in ENGINE_FLAGS[engine]:
         argv.remove(flag)
     if "--runtime" in argv:
         i = argv.index("--runtime")
-        del argv[i:i + 2]
+        del argv[i : i + 2]
     return argv
 
 
 async def test_successful_run_hardened_instance_then_terminated(
-        ec2_runner, busybox_image, make_job, moto_url, fake_instance_sshd):
+    ec2_runner, busybox_image, make_job, moto_url, fake_instance_sshd
+):
     runner = ec2_runner()
     job = make_job(busybox_image, "cat data/input.csv > output/copy.csv; id -u; echo ok", kind="sh")
     await runner.prepare(job)
@@ -203,10 +232,11 @@ async def test_successful_run_hardened_instance_then_terminated(
     assert tags["Application"] == "KineticWorkspaces"
     assert tags["kinetic.run_id"] == job.run_id and tags["kinetic.hub"] == HUB
     async with ec2_client(moto_url) as ec2:
-        ud = (await ec2.describe_instance_attribute(
-            InstanceId=inst["InstanceId"], Attribute="userData"))["UserData"]["Value"]
+        ud = (await ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData"))[
+            "UserData"
+        ]["Value"]
     user_data = base64.b64decode(ud).decode()
-    assert "shutdown -h +" in user_data                       # dead man's switch
+    assert "shutdown -h +" in user_data  # dead man's switch
     for leak in (SECRET, "PRIVATE KEY", open(fake_instance_sshd["client_key"]).read().strip()):
         assert leak not in user_data
     assert SECRET not in json.dumps(runner.launch_params(job))
@@ -218,7 +248,7 @@ async def test_successful_run_hardened_instance_then_terminated(
     assert core_argv(["docker"] + create[0], "docker") == core_argv(podman_argv, "podman")
     assert "--network" in create[0] and "--read-only" in create[0]
 
-    await runner.prepare(job)                        # idempotent: no second create
+    await runner.prepare(job)  # idempotent: no second create
     assert len([c for c in docker_calls(fake_instance_sshd["log"]) if c[0] == "create"]) == 1
     await runner.execute(job)
     res = await runner.wait(job)
@@ -226,7 +256,7 @@ async def test_successful_run_hardened_instance_then_terminated(
     assert "1010" in res.logs and "ok" in res.logs
     assert (job.output_dir / "copy.csv").read_text() == "x\n1\n2\n3\n"
     assert (await instance_of(moto_url, job.run_id))["State"]["Name"] in ("shutting-down", "terminated")
-    await runner.cleanup(job)                        # idempotent after termination
+    await runner.cleanup(job)  # idempotent after termination
     await _rm(job)
 
 
@@ -261,6 +291,7 @@ async def test_exception_mid_run_terminates_instance(ec2_runner, busybox_image, 
 
     async def lost(*a, **kw):
         raise RunnerError("connection to the run host lost")
+
     runner._inspect = lost
     with pytest.raises(RunnerError):
         await runner.wait(job)
@@ -269,53 +300,66 @@ async def test_exception_mid_run_terminates_instance(ec2_runner, busybox_image, 
 
 
 async def test_wrong_host_key_is_refused_and_instance_terminated(
-        ec2_runner, busybox_image, make_job, moto_url):
+    ec2_runner, busybox_image, make_job, moto_url
+):
     impostor = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
 
     async def wrong_key(runner, instance):
         return impostor
+
     runner = ec2_runner()
     runner.host_key_source = wrong_key
     job = make_job(busybox_image, "echo never", kind="sh")
     t0 = asyncio.get_running_loop().time()
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
         await runner.prepare(job)
-    assert asyncio.get_running_loop().time() - t0 < 10          # not retried
+    assert asyncio.get_running_loop().time() - t0 < 10  # not retried
     assert (await instance_of(moto_url, job.run_id))["State"]["Name"] in ("shutting-down", "terminated")
 
 
 async def test_reap_orphans(ec2_runner, moto_url, network):
     runner = ec2_runner()
     async with ec2_client(moto_url) as ec2:
-        tags = [{"Key": "Application", "Value": "KineticWorkspaces"},
-                {"Key": "kinetic.hub", "Value": HUB}, {"Key": "kinetic.run_id", "Value": "orphan-1"}]
-        await ec2.run_instances(ImageId=network["ami"], MinCount=1, MaxCount=1,
-                                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+        tags = [
+            {"Key": "Application", "Value": "KineticWorkspaces"},
+            {"Key": "kinetic.hub", "Value": HUB},
+            {"Key": "kinetic.run_id", "Value": "orphan-1"},
+        ]
+        await ec2.run_instances(
+            ImageId=network["ami"],
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        )
     reaped = await runner.reap_orphans(active_run_ids={"still-running"})
     assert len(reaped) >= 1
     assert (await instance_of(moto_url, "orphan-1"))["State"]["Name"] in ("shutting-down", "terminated")
 
 
 def test_host_key_from_console():
-    console = ("cloud-init: boot\n-----BEGIN SSH HOST KEY KEYS-----\n"
-               "ecdsa-sha2-nistp256 AAAAE2VjZHNh root@ip-10-0-0-1\n"
-               "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 root@ip-10-0-0-1\n"
-               "-----END SSH HOST KEY KEYS-----\nlogin:")
+    console = (
+        "cloud-init: boot\n-----BEGIN SSH HOST KEY KEYS-----\n"
+        "ecdsa-sha2-nistp256 AAAAE2VjZHNh root@ip-10-0-0-1\n"
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 root@ip-10-0-0-1\n"
+        "-----END SSH HOST KEY KEYS-----\nlogin:"
+    )
     assert host_key_from_console(console) == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"
     assert host_key_from_console("Linux version 2.6.16-xenU (canned moto output)") is None
 
 
 async def _rm(job):
-    proc = await asyncio.create_subprocess_exec("podman", "rm", "-f", "-t", "0", "--ignore", job.container_name,
-                                                stdout=asyncio.subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(
+        "podman", "rm", "-f", "-t", "0", "--ignore", job.container_name, stdout=asyncio.subprocess.DEVNULL
+    )
     await proc.wait()
 
 
-async def test_each_run_host_gets_its_own_ssh_key(ec2_runner, busybox_image, make_job, moto_url,
-                                                fake_instance_sshd, tmp_path):
+async def test_each_run_host_gets_its_own_ssh_key(
+    ec2_runner, busybox_image, make_job, moto_url, fake_instance_sshd, tmp_path
+):
     """W3: one SSH key shared by every instance in the original. Here each run's host authorizes a
     key made for that run; its private half never leaves the service and dies with the host."""
-    runner = ec2_runner(ssh_client_key_path="")      # no shared key to fall back on
+    runner = ec2_runner(ssh_client_key_path="")  # no shared key to fall back on
     jobs = [make_job(busybox_image, "echo one", kind="sh"), make_job(busybox_image, "echo two", kind="sh")]
     pubs = []
     for job in jobs:
@@ -329,8 +373,8 @@ async def test_each_run_host_gets_its_own_ssh_key(ec2_runner, busybox_image, mak
     assert pubs[0] != pubs[1]
     for job in jobs:
         await runner.execute(job)
-        assert (await runner.wait(job)).succeeded       # it logged in with its own key
-        assert not (tmp_path / "run-keys" / f"{job.run_id}.key").exists()   # gone with the host
+        assert (await runner.wait(job)).succeeded  # it logged in with its own key
+        assert not (tmp_path / "run-keys" / f"{job.run_id}.key").exists()  # gone with the host
     # a terminated host's key is no longer authorized anywhere
     assert pubs[0] not in await keys_from_live_user_data(moto_url)
     for job in jobs:

@@ -1,6 +1,7 @@
 """Each hardening flag of the enclave container, proven by a run that tries to break it
 (real podman + runc). R-based runs use the real enclave base image; the rest use a tiny
 busybox image so the suite stays quick."""
+
 import http.server
 import json
 import secrets
@@ -39,6 +40,7 @@ def host_http_server():
 
         def log_message(self, *a):
             pass
+
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv.server_address[1], hits
@@ -48,9 +50,12 @@ def host_http_server():
 async def test_network_is_unreachable(r_base_image, make_job, podman_runner, host_http_server):
     port, hits = host_http_server
     import urllib.request
+
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/sanity").read() == b"reachable"
     hits.clear()
-    job = make_job(r_base_image, f"""
+    job = make_job(
+        r_base_image,
+        f"""
         r1 <- try(readLines(url("http://127.0.0.1:{port}/from-run")), silent = TRUE)
         r2 <- try(download.file("http://127.0.0.1:{port}/dl", tempfile(), quiet = TRUE), silent = TRUE)
         r3 <- try(readLines(url("http://169.254.169.254/latest/meta-data/")), silent = TRUE)
@@ -58,14 +63,17 @@ async def test_network_is_unreachable(r_base_image, make_job, podman_runner, hos
         failed <- sapply(list(r1, r2, r3, r4), function(r) inherits(r, "try-error"))
         print(failed)
         if (!all(failed)) quit(status = 9)
-    """)
+    """,
+    )
     res = await run(podman_runner, job)
     assert res.succeeded, res.logs
     assert hits == []
 
 
 async def test_writes_outside_output_fail(busybox_image, make_job, podman_runner):
-    job = make_job(busybox_image, r"""
+    job = make_job(
+        busybox_image,
+        r"""
         try() { if sh -c "$2" 2>/dev/null; then echo "$1 ok"; else echo "$1 denied"; fi; }
         try code    'echo x > /home/editor/kinetic/main.sh'
         try newcode 'touch /home/editor/kinetic/new.r'
@@ -77,7 +85,9 @@ async def test_writes_outside_output_fail(busybox_image, make_job, podman_runner
         try tmpexec 'printf "#!/bin/sh\necho pwned\n" > /tmp/s && chmod +x /tmp/s && /tmp/s'
         try tmpwrite 'echo fine > /tmp/scratch'
         try output  'echo fine > /home/editor/kinetic/output/ok.txt'
-    """, kind="sh")
+    """,
+        kind="sh",
+    )
     original = (job.code_dir / "kinetic/main.sh").read_text()
     res = await run(podman_runner, job)
     assert res.exit_code == 0, res.logs
@@ -91,23 +101,28 @@ async def test_writes_outside_output_fail(busybox_image, make_job, podman_runner
 
 
 async def test_file_size_limit(busybox_image, make_job, podman_runner):
-    job = make_job(busybox_image, "dd if=/dev/zero of=output/big bs=1M count=20; echo dd=$?",
-                   kind="sh", file_size_mb=4)
+    job = make_job(
+        busybox_image, "dd if=/dev/zero of=output/big bs=1M count=20; echo dd=$?", kind="sh", file_size_mb=4
+    )
     res = await run(podman_runner, job)
     assert (job.output_dir / "big").stat().st_size <= 4 * 1024 * 1024
     assert "dd=0" not in res.logs  # dd was stopped by the limit, it did not finish
 
 
 async def test_fork_bomb_is_contained(busybox_image, make_job, podman_runner):
-    job = make_job(busybox_image, "bomb() { bomb | bomb & }; bomb; sleep 60",
-                   kind="sh", pids=48, wall_seconds=6)
+    job = make_job(
+        busybox_image, "bomb() { bomb | bomb & }; bomb; sleep 60", kind="sh", pids=48, wall_seconds=6
+    )
     await podman_runner.prepare(job)
     await podman_runner.execute(job)
     t0 = time.monotonic()
     peak = 0
     while time.monotonic() - t0 < 4:
-        out = subprocess.run(["podman", "stats", "--no-stream", "--format", "json",
-                              job.container_name], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["podman", "stats", "--no-stream", "--format", "json", job.container_name],
+            capture_output=True,
+            text=True,
+        ).stdout
         try:
             peak = max(peak, int(json.loads(out)[0]["pids"]))
         except (ValueError, KeyError, IndexError):
@@ -117,7 +132,7 @@ async def test_fork_bomb_is_contained(busybox_image, make_job, podman_runner):
     assert 0 < peak <= 48
     assert res.timed_out and not res.succeeded
     assert time.monotonic() - t0 < 30
-    assert subprocess.run(["true"]).returncode == 0          # the host can still fork
+    assert subprocess.run(["true"]).returncode == 0  # the host can still fork
     assert await podman_runner.get_status(job) is JobState.EXITED
 
 
@@ -140,24 +155,26 @@ async def test_sleeper_is_stopped_at_wall_clock_limit(busybox_image, make_job, p
 
 
 async def test_runs_unprivileged(r_base_image, make_job, podman_runner):
-    job = make_job(r_base_image, """
+    job = make_job(
+        r_base_image,
+        """
         writeLines(system("id -u", intern = TRUE), "output/uid.txt")
         st <- readLines("/proc/self/status")
         writeLines(grep("^(CapEff|CapBnd|NoNewPrivs)", st, value = TRUE), "output/status.txt")
-    """)
+    """,
+    )
     res = await run(podman_runner, job)
     assert res.succeeded, res.logs
     assert (job.output_dir / "uid.txt").read_text().strip() == "1010"
-    status = dict(l.split(":\t") for l in (job.output_dir / "status.txt").read_text().splitlines())
+    status = dict(line.split(":\t") for line in (job.output_dir / "status.txt").read_text().splitlines())
     assert status == {"CapEff": "0000000000000000", "CapBnd": "0000000000000000", "NoNewPrivs": "1"}
 
 
-async def test_enclave_key_never_enters_the_container(r_base_image, make_job, podman_runner,
-                                                      monkeypatch):
+async def test_enclave_key_never_enters_the_container(r_base_image, make_job, podman_runner, monkeypatch):
     secret = "kinetic-enclave-key-" + secrets.token_hex(16)
     monkeypatch.setenv("KINETIC_ENCLAVE_KEY", secret)
     job = make_job(r_base_image, "", kind="sh")
-    (job.data_dir.parent / "enclave.key").write_text(secret)      # next to the data dir
+    (job.data_dir.parent / "enclave.key").write_text(secret)  # next to the data dir
     half = len(secret) // 2
     # The script builds the needle from two halves, so the script itself never matches.
     (job.code_dir / "kinetic/main.sh").write_text(f"""
@@ -174,18 +191,22 @@ async def test_enclave_key_never_enters_the_container(r_base_image, make_job, po
     assert "/home/editor/kinetic/main.sh" in (job.output_dir / "control.txt").read_text()
     assert secret not in (job.output_dir / "env.txt").read_text()
     assert (job.output_dir / "hits.txt").read_text() == ""
-    inspect = subprocess.run(["podman", "container", "inspect", job.container_name],
-                             capture_output=True, text=True).stdout
+    inspect = subprocess.run(
+        ["podman", "container", "inspect", job.container_name], capture_output=True, text=True
+    ).stdout
     assert secret not in inspect and "KINETIC_ENCLAVE_KEY" not in inspect
 
 
 async def test_happy_path_reads_real_data_and_writes_output(r_base_image, make_job, podman_runner):
-    job = make_job(r_base_image, """
+    job = make_job(
+        r_base_image,
+        """
         d <- read.csv("data/input.csv")
         stopifnot(!file.exists("data/synthetic.csv"))   # real data shadows the synthetic
         write.csv(data.frame(total = sum(d$x)), "output/result.csv", row.names = FALSE)
         cat("done\\n")
-    """)
+    """,
+    )
     res = await run(podman_runner, job)
     assert res.exit_code == 0 and res.succeeded, res.logs
     assert res.failure_reason() == ""
@@ -196,13 +217,14 @@ async def test_happy_path_reads_real_data_and_writes_output(r_base_image, make_j
 async def test_nonzero_exit_is_a_failure(r_base_image, make_job, podman_runner):
     job = make_job(r_base_image, "cat('about to fail\\n'); quit(status = 3)")
     res = await run(podman_runner, job)
-    assert res.exit_code == 3 and not res.succeeded        # W9
+    assert res.exit_code == 3 and not res.succeeded  # W9
     assert res.failure_reason() == "the R script exited with code 3"
 
 
 async def test_logs_are_truncated_with_a_marker(busybox_image, make_job, podman_runner):
-    job = make_job(busybox_image, "echo FIRST; yes line | head -n 20000; echo LAST",
-                   kind="sh", log_bytes=4096)
+    job = make_job(
+        busybox_image, "echo FIRST; yes line | head -n 20000; echo LAST", kind="sh", log_bytes=4096
+    )
     res = await run(podman_runner, job)
     assert res.logs_cut_bytes > 100000 - 4096
     assert f"[... log truncated: {res.logs_cut_bytes} bytes cut ...]" in res.logs
@@ -218,7 +240,7 @@ async def test_cleanup_removes_container_idempotently(busybox_image, make_job, p
     await podman_runner.cleanup(job)
     assert await podman_runner.get_status(job) is JobState.UNKNOWN
     assert job.run_id not in await podman_runner.list_run_ids()
-    await podman_runner.terminate(job)     # also harmless on a missing container
+    await podman_runner.terminate(job)  # also harmless on a missing container
 
 
 async def test_steps_are_idempotent(busybox_image, make_job, podman_runner):
@@ -228,7 +250,7 @@ async def test_steps_are_idempotent(busybox_image, make_job, podman_runner):
     assert await podman_runner.get_status(job) is JobState.PREPARED
     await podman_runner.execute(job)
     res = await podman_runner.wait(job)
-    await podman_runner.execute(job)               # exited: not started a second time
+    await podman_runner.execute(job)  # exited: not started a second time
     assert await podman_runner.get_status(job) is JobState.EXITED
     assert (job.output_dir / "count.txt").read_text() == "once\n"
     assert (await podman_runner.finalize(job)).exit_code == res.exit_code == 0
@@ -238,7 +260,7 @@ async def test_finalize_after_service_restart(busybox_image, make_job, podman_ru
     job = make_job(busybox_image, "echo before-restart; exit 5", kind="sh")
     await podman_runner.prepare(job)
     await podman_runner.execute(job)
-    fresh = PodmanRunner()          # the service restarted: no memory
+    fresh = PodmanRunner()  # the service restarted: no memory
     for _ in range(100):
         if await fresh.get_status(job) is JobState.EXITED:
             break
@@ -272,12 +294,24 @@ def test_spec_carries_every_hardening_flag_and_refuses_secret_env(make_job):
     job = make_job("img", "", kind="sh", memory_mb=512, tmpfs_mb=32)
     argv = ContainerSpec.from_job(job).create_argv("podman", runtime="runc")
     joined = " ".join(argv)
-    for flag in ("--network none", "--user 1010:1010", "--cap-drop ALL",
-                 "--security-opt no-new-privileges", "--read-only ", "--pull never",
-                 "--memory 512m", "--memory-swap 512m", "--pids-limit 256",
-                 "--ulimit nofile=1024:1024", "--ulimit nproc=", "--ulimit fsize=",
-                 "/tmp:rw,noexec,nosuid,nodev,mode=1777,size=32m", "--runtime runc",
-                 "--label kinetic.run_id=" + job.run_id, "--name kinetic-run-" + job.run_id):
+    for flag in (
+        "--network none",
+        "--user 1010:1010",
+        "--cap-drop ALL",
+        "--security-opt no-new-privileges",
+        "--read-only ",
+        "--pull never",
+        "--memory 512m",
+        "--memory-swap 512m",
+        "--pids-limit 256",
+        "--ulimit nofile=1024:1024",
+        "--ulimit nproc=",
+        "--ulimit fsize=",
+        "/tmp:rw,noexec,nosuid,nodev,mode=1777,size=32m",
+        "--runtime runc",
+        "--label kinetic.run_id=" + job.run_id,
+        "--name kinetic-run-" + job.run_id,
+    ):
         assert flag in joined, flag
     mounts = [a for a in argv if a.startswith("type=bind")]
     assert [m.endswith(",readonly") for m in mounts] == [True, True, False]

@@ -1,5 +1,6 @@
 """The real-data download the enclave depends on: retried like every idempotent Kinetic call, and a
 failure is a KineticError with its status and words (never 'unexpected error … HTTPClientError')."""
+
 import pytest
 import pytest_asyncio
 from tornado.httpserver import HTTPServer
@@ -22,6 +23,7 @@ async def flaky():
                 self.set_status(404)
             else:
                 self.write(b"student_id,score\nS1,5\n")
+
     port = free_port()
     server = HTTPServer(Application([(r"/data/(\w+)/responses.csv", Data)]))
     server.listen(port, "127.0.0.1")
@@ -37,7 +39,7 @@ async def test_download_is_retried_and_fails_in_words_with_a_status(flaky):
     hits["n"] = 0
     with pytest.raises(KineticError) as e:
         await client.download(f"{base}/data/gone/responses.csv?sig=SECRET")
-    assert e.value.status == 404 and hits["n"] == 1          # a 404 is not retried
+    assert e.value.status == 404 and hits["n"] == 1  # a 404 is not retried
     assert "responses.csv" in str(e.value) and "SECRET" not in str(e.value)
     dead = KineticClient(f"http://127.0.0.1:{free_port()}", attempts=2)
     with pytest.raises(KineticError) as e:

@@ -1,4 +1,5 @@
 """Output checks: what a reviewer is warned about, and what can never be released."""
+
 import hashlib
 
 import pytest
@@ -24,26 +25,35 @@ async def verdict_of(tmp_path, name, data, **kw):
 
 
 async def test_clean_aggregate_table_passes_with_manifest(tmp_path):
-    out = write(tmp_path / "output", {"counts.csv": CLEAN,
-                                      "sub/rowname.csv": '"","course","n"\n"1","bio",40\n"2","chem",12\n'})
+    out = write(
+        tmp_path / "output",
+        {"counts.csv": CLEAN, "sub/rowname.csv": '"","course","n"\n"1","bio",40\n"2","chem",12\n'},
+    )
     report = await check_outputs(out)
     assert report.verdict == "pass", report.to_dict()
-    assert report.manifest == {"counts.csv": hashlib.sha256(CLEAN.encode()).hexdigest(),
-                               "sub/rowname.csv": hashlib.sha256((out / "sub/rowname.csv").read_bytes()).hexdigest()}
+    assert report.manifest == {
+        "counts.csv": hashlib.sha256(CLEAN.encode()).hexdigest(),
+        "sub/rowname.csv": hashlib.sha256((out / "sub/rowname.csv").read_bytes()).hexdigest(),
+    }
     counts = report.files[0]
     assert (counts.path, counts.bytes, counts.findings) == ("counts.csv", len(CLEAN), [])
     assert report.to_dict()["manifest"] == report.manifest
 
 
-@pytest.mark.parametrize("table, reason", [
-    ("group,n\na,120\nb,7\n", "count 7 below 10 at column 'n', row 3"),
-    # wide cross-tab: integer cells beside a categorical column are counts, whatever their names
-    ("course,passed,failed\nbio,40,3\nchem,22,31\n", "count 3 below 10 at column 'failed'"),
-    # cells suppressed by hand, but the margin gives the small group away
-    ("course,passed,failed,Total\nbio,40,<10,44\nchem,22,31,53\nTotal,62,35,97\nsmall,*,*,6\n",
-     "count 6 below 10 at column 'Total', row 5"),
-    ("course,passed\nbio,40\nchem,22\nTotal,4\n", "(a margin)"),
-])
+@pytest.mark.parametrize(
+    "table, reason",
+    [
+        ("group,n\na,120\nb,7\n", "count 7 below 10 at column 'n', row 3"),
+        # wide cross-tab: integer cells beside a categorical column are counts, whatever their names
+        ("course,passed,failed\nbio,40,3\nchem,22,31\n", "count 3 below 10 at column 'failed'"),
+        # cells suppressed by hand, but the margin gives the small group away
+        (
+            "course,passed,failed,Total\nbio,40,<10,44\nchem,22,31,53\nTotal,62,35,97\nsmall,*,*,6\n",
+            "count 6 below 10 at column 'Total', row 5",
+        ),
+        ("course,passed\nbio,40\nchem,22\nTotal,4\n", "(a margin)"),
+    ],
+)
 async def test_small_counts_fail(tmp_path, table, reason):
     f = await verdict_of(tmp_path, "t.csv", table)
     assert f.verdict == "fail" and any(reason in r for r in f.reasons), f.reasons
@@ -58,29 +68,40 @@ async def test_many_problems_are_listed_then_counted(tmp_path):
 async def test_zero_count_goes_to_review(tmp_path):
     f = await verdict_of(tmp_path, "t.csv", "group,count\na,120\nb,0\n")
     assert (f.verdict, f.reasons) == ("review", ["zero count at column 'count', row 3"])
-    f = await verdict_of(tmp_path / "2", "t.csv", "group,count\na,120\nb,0\n", rules=OutputRules(flag_zeros=False))
+    f = await verdict_of(
+        tmp_path / "2", "t.csv", "group,count\na,120\nb,0\n", rules=OutputRules(flag_zeros=False)
+    )
     assert f.verdict == "pass"
 
 
-@pytest.mark.parametrize("table, reason", [
-    ("student_id,score\n1,3.5\n2,4.0\n", "column 'student_id' looks like an identifier"),
-    ("who,score\nann@example.org,3.5\nbob@example.org,4.0\n", "email address"),
-    ("x,score\n123e4567-e89b-12d3-a456-426614174000,3.5\n223e4567-e89b-12d3-a456-426614174000,4.0\n", "UUID"),
-    ("Email Address,n\nsomething,40\n", "identifier"),
-])
+@pytest.mark.parametrize(
+    "table, reason",
+    [
+        ("student_id,score\n1,3.5\n2,4.0\n", "column 'student_id' looks like an identifier"),
+        ("who,score\nann@example.org,3.5\nbob@example.org,4.0\n", "email address"),
+        (
+            "x,score\n123e4567-e89b-12d3-a456-426614174000,3.5\n223e4567-e89b-12d3-a456-426614174000,4.0\n",
+            "UUID",
+        ),
+        ("Email Address,n\nsomething,40\n", "identifier"),
+    ],
+)
 async def test_identifier_columns_fail(tmp_path, table, reason):
     f = await verdict_of(tmp_path, "t.csv", table)
     assert f.verdict == "fail" and any(reason in r for r in f.reasons), f.reasons
 
 
-@pytest.mark.parametrize("name, data, reason", [
-    ("t.csv", b"PK\x03\x04" + b"\0" * 40, "a zip archive"),
-    ("t.csv", b"group,n\na,12\n\0\0\0\x01\x02", "binary"),
-    ("t.csv", b"\x7fELF\x02\x01\x01" + b"\0" * 40, "ELF"),
-    ("plot.png", b"%PDF-1.4 not a png", "not a PNG"),
-    ("model.rds", b"\x1f\x8b\x08\0", "not allowed"),
-    ("page.html", "<script>alert(1)</script>", "not allowed"),
-])
+@pytest.mark.parametrize(
+    "name, data, reason",
+    [
+        ("t.csv", b"PK\x03\x04" + b"\0" * 40, "a zip archive"),
+        ("t.csv", b"group,n\na,12\n\0\0\0\x01\x02", "binary"),
+        ("t.csv", b"\x7fELF\x02\x01\x01" + b"\0" * 40, "ELF"),
+        ("plot.png", b"%PDF-1.4 not a png", "not a PNG"),
+        ("model.rds", b"\x1f\x8b\x08\0", "not allowed"),
+        ("page.html", "<script>alert(1)</script>", "not allowed"),
+    ],
+)
 async def test_wrong_or_disguised_types_fail(tmp_path, name, data, reason):
     f = await verdict_of(tmp_path, name, data)
     assert f.verdict == "fail" and any(reason in r for r in f.reasons), f.reasons
@@ -101,12 +122,15 @@ async def test_identical_to_released_is_flagged(tmp_path):
 
 
 async def test_figures_text_and_dominance_go_to_review(tmp_path):
-    out = write(tmp_path / "output", {
-        "plot.png": b"\x89PNG\r\n\x1a\n" + b"\0" * 32,
-        "notes.md": "# Results\nThe effect was small.\n",
-        "money.csv": "school,n,total_amount\na,40,98000\nb,30,1000\nc,25,900\nd,22,100\n",
-        "means.csv": "school,mean_score\na,3.1\nb,2.9\n",
-    })
+    out = write(
+        tmp_path / "output",
+        {
+            "plot.png": b"\x89PNG\r\n\x1a\n" + b"\0" * 32,
+            "notes.md": "# Results\nThe effect was small.\n",
+            "money.csv": "school,n,total_amount\na,40,98000\nb,30,1000\nc,25,900\nd,22,100\n",
+            "means.csv": "school,mean_score\na,3.1\nb,2.9\n",
+        },
+    )
     report = await check_outputs(out)
     by = {f.path: f for f in report.files}
     assert report.verdict == "review" and all(f.verdict == "review" for f in report.files), report.to_dict()
@@ -154,15 +178,20 @@ async def test_records_are_not_results(tmp_path):
     assert "high-cardinality" in [x.rule for x in f.findings] and f.verdict != "pass"
 
 
-@pytest.mark.parametrize("table, shape", [
-    ("k,quiz\n" + "".join(f"{12345678 + i * 7919},{50 + i}\n" for i in range(12)), "without its prefix"),
-    ("k,quiz\n" + "".join(f"S{12345678 + i * 7919},{50 + i}\n" for i in range(12)), "Kinetic student id"),
-    ("k,quiz\n" + "".join(f"synthetic-{i:04d},{50 + i}\n" for i in range(12)), "synthetic student id"),
-])
+@pytest.mark.parametrize(
+    "table, shape",
+    [
+        ("k,quiz\n" + "".join(f"{12345678 + i * 7919},{50 + i}\n" for i in range(12)), "without its prefix"),
+        ("k,quiz\n" + "".join(f"S{12345678 + i * 7919},{50 + i}\n" for i in range(12)), "Kinetic student id"),
+        ("k,quiz\n" + "".join(f"synthetic-{i:04d},{50 + i}\n" for i in range(12)), "synthetic student id"),
+    ],
+)
 async def test_ids_are_recognised_by_their_shape_whatever_the_column_name(tmp_path, table, shape):
     f = await verdict_of(tmp_path, "t.csv", table)
-    assert f.verdict == "fail" and any(x.rule == "identifier-values" and shape in x.evidence for x in f.findings)
-    assert "12345678" not in str(f.findings)      # the evidence does not repeat the id
+    assert f.verdict == "fail" and any(
+        x.rule == "identifier-values" and shape in x.evidence for x in f.findings
+    )
+    assert "12345678" not in str(f.findings)  # the evidence does not repeat the id
 
 
 async def test_ids_in_text_files(tmp_path):
@@ -190,6 +219,7 @@ async def test_a_check_that_cannot_decide_says_review(tmp_path, monkeypatch):
 
     def broken(table, rules, v):
         raise ValueError("surprise")
+
     monkeypatch.setitem(output_checks.CHECKS, "dominance", broken)
     f = await verdict_of(tmp_path, "t.csv", CLEAN)
     assert f.verdict == "review" and f.findings[0].rule == "dominance"

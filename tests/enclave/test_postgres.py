@@ -2,29 +2,56 @@
 built by Alembic from its first revision (and a database of the first schema, with its runs,
 upgraded and taken back down), and the service itself run on it by the hub — submit → checks →
 isolated run → two approvals → released — with its metrics read from that database."""
+
 import time
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from kinetic_auth.standin.seed import ADA
-
 from enclave_service.archive import create_archive
 from enclave_service.db import Database, Release, Run, RunRecord, upgrade
 from enclave_service.states import State
+from kinetic_auth.standin.seed import ADA
 from tests.support import free_port
 
-from ..ops.conftest import postgres  # noqa: F401  (the session's PostgreSQL server)
 from .service_fixtures import *  # noqa: F401,F403
-from .service_fixtures import (GOOD_MAIN, EnclaveHub, approve_twice, make_home, metric_samples, metric_value,
-                               wait_for_state)
+from .service_fixtures import (
+    GOOD_MAIN,
+    EnclaveHub,
+    approve_twice,
+    make_home,
+    metric_samples,
+    metric_value,
+    wait_for_state,
+)
 
-RUN_0001 = {"id": "r1", "analysis_id": "101", "analysis_title": "T", "author": "ada", "author_email": "a@x",
-            "collaborators": '["grace"]', "message": "m", "state": "in_review", "failure": "", "created": 1.0,
-            "updated": 2.0, "archive_sha256": "abc", "archive_bytes": 10, "code_report": "",
-            "output_report": '{"verdict": "pass", "manifest": {"s.csv": "00"}}', "image": "img",
-            "exit_code": 0, "logs": "", "required_approvals": 2, "analysis_api_key": "", "kinetic_run_key": "",
-            "kinetic_run_id": "", "kinetic_signed_id": "", "kinetic_completed": "", "mail_sent": False}
+RUN_0001 = {
+    "id": "r1",
+    "analysis_id": "101",
+    "analysis_title": "T",
+    "author": "ada",
+    "author_email": "a@x",
+    "collaborators": '["grace"]',
+    "message": "m",
+    "state": "in_review",
+    "failure": "",
+    "created": 1.0,
+    "updated": 2.0,
+    "archive_sha256": "abc",
+    "archive_bytes": 10,
+    "code_report": "",
+    "output_report": '{"verdict": "pass", "manifest": {"s.csv": "00"}}',
+    "image": "img",
+    "exit_code": 0,
+    "logs": "",
+    "required_approvals": 2,
+    "analysis_api_key": "",
+    "kinetic_run_key": "",
+    "kinetic_run_id": "",
+    "kinetic_signed_id": "",
+    "kinetic_completed": "",
+    "mail_sent": False,
+}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -38,11 +65,13 @@ def test_the_schema_is_built_from_the_first_revision_and_old_runs_survive_upgrad
     url = empty_db_url
     engine = create_engine(url)
     upgrade(engine, "0001")
-    with engine.begin() as conn:          # a run and a release as the first schema stored them
+    with engine.begin() as conn:  # a run and a release as the first schema stored them
         cols = ", ".join(RUN_0001)
-        conn.execute(text(f"INSERT INTO runs ({cols}) VALUES ({', '.join(':' + k for k in RUN_0001)})"), RUN_0001)
+        conn.execute(
+            text(f"INSERT INTO runs ({cols}) VALUES ({', '.join(':' + k for k in RUN_0001)})"), RUN_0001
+        )
         conn.execute(text("INSERT INTO releases VALUES ('r1', '/x', '00', 5, '{\"s.csv\": \"00\"}', 3.0)"))
-    db = Database(url)                    # the service's own start-up: upgrade to head
+    db = Database(url)  # the service's own start-up: upgrade to head
     try:
         run = db.run_sync(lambda s: RunRecord.of(s.get(Run, "r1")))
         assert run.state is State.IN_REVIEW and run.collaborators == ["grace"]
@@ -64,8 +93,9 @@ def upgrade_down_and_up(engine):
     from alembic import command
 
     from enclave_service.db import _alembic_config
+
     with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":    # as upgrade() does: SQLite copies tables to alter them
+        if conn.dialect.name == "sqlite":  # as upgrade() does: SQLite copies tables to alter them
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.commit()
         with conn.begin():
@@ -78,6 +108,7 @@ def upgrade_down_and_up(engine):
 def pg_enclave_hub(standin, r_base_image, postgres, tmp_path_factory):
     """A hub whose enclave service keeps its runs in PostgreSQL (EnclaveService.db_url)."""
     from enclave_service.mailsink import MailSink
+
     base = tmp_path_factory.mktemp("enclave-hub-pg")
     smtp_port = free_port()
     sink = MailSink(base / "mail", port=smtp_port).start()
@@ -97,8 +128,13 @@ async def test_a_run_goes_through_to_release_on_postgresql(pg_enclave_hub, postg
     r = hub.submit_archive(ADA, 101, archive.path, message="on postgres")
     assert r.status_code == 201, r.text
     run_id = r.json()["id"]
-    run = wait_for_state(hub, ADA, run_id, {"in_review"} | {f"failed_{s}" for s in
-                         ("archived", "code_checked", "built", "ran", "outputs_checked")})
+    run = wait_for_state(
+        hub,
+        ADA,
+        run_id,
+        {"in_review"}
+        | {f"failed_{s}" for s in ("archived", "code_checked", "built", "ran", "outputs_checked")},
+    )
     assert run["state"] == "in_review", run["failure"]
     run = approve_twice(hub, run_id, ADA)
     assert run["state"] == "released", run["failure"]
@@ -107,16 +143,37 @@ async def test_a_run_goes_through_to_release_on_postgresql(pg_enclave_hub, postg
     # it is PostgreSQL that holds the run, its timeline, the reviews and the download record
     engine = create_engine(hub.db_url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT state FROM runs WHERE id = :i"), {"i": run_id}).scalar() == "released"
-        states = [row[0] for row in conn.execute(
-            text("SELECT state FROM events WHERE run_id = :i AND kind = 'state' ORDER BY id"), {"i": run_id})]
-        assert states == ["submitted", "archived", "code_checked", "built", "ran", "outputs_checked",
-                          "in_review", "approved", "released"]
-        assert conn.execute(text("SELECT count(*) FROM reviews WHERE run_id = :i"), {"i": run_id}).scalar() == 2
-        assert conn.execute(text("SELECT count(*) FROM downloads WHERE run_id = :i"), {"i": run_id}).scalar() == 1
+        assert (
+            conn.execute(text("SELECT state FROM runs WHERE id = :i"), {"i": run_id}).scalar() == "released"
+        )
+        states = [
+            row[0]
+            for row in conn.execute(
+                text("SELECT state FROM events WHERE run_id = :i AND kind = 'state' ORDER BY id"),
+                {"i": run_id},
+            )
+        ]
+        assert states == [
+            "submitted",
+            "archived",
+            "code_checked",
+            "built",
+            "ran",
+            "outputs_checked",
+            "in_review",
+            "approved",
+            "released",
+        ]
+        assert (
+            conn.execute(text("SELECT count(*) FROM reviews WHERE run_id = :i"), {"i": run_id}).scalar() == 2
+        )
+        assert (
+            conn.execute(text("SELECT count(*) FROM downloads WHERE run_id = :i"), {"i": run_id}).scalar()
+            == 1
+        )
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     engine.dispose()
-    assert not list(hub.enclave_state.glob("*.sqlite"))      # no SQLite file on the side
+    assert not list(hub.enclave_state.glob("*.sqlite"))  # no SQLite file on the side
 
     time.sleep(1.1)
     m = metric_samples(hub.metrics())

@@ -1,4 +1,5 @@
 """The one way the enclave runs local commands: a command that overstays is killed, not leaked."""
+
 import os
 import time
 

@@ -2,6 +2,7 @@
 hub, podman and R image: filling the host's disk, row-level data and identifiers dressed as
 results, hidden files, a header bomb in the archive. What a person would notice is asserted: the
 state, the words, the report's rule and evidence, what is left on disk, the service's memory."""
+
 import re
 import tarfile
 import time
@@ -9,15 +10,20 @@ import time
 import pytest
 import zstandard
 
-from kinetic_auth.standin.seed import ADA, GRACE
-
 from enclave_service.archive import create_archive
+from kinetic_auth.standin.seed import ADA, GRACE
 
 from .service_fixtures import *  # noqa: F401,F403
 from .service_fixtures import make_home, wait_for_state
 
-ENDS = {"in_review", "failed_archived", "failed_code_checked", "failed_built", "failed_ran",
-        "failed_outputs_checked"}
+ENDS = {
+    "in_review",
+    "failed_archived",
+    "failed_code_checked",
+    "failed_built",
+    "failed_ran",
+    "failed_outputs_checked",
+}
 
 
 async def _submit(hub, tmp_path, name, main_r, who=ADA, analysis=101):
@@ -51,49 +57,66 @@ async def test_six_files_of_255_mib_fail_the_run_in_words_and_leave_nothing(encl
     """A hostile script that ignores write errors and exits 0: output/ is a 256 MiB volume, so
     1.5 GiB never reach the host; the run fails saying so and its outputs are deleted."""
     hub = enclave_hub
-    script = ('x <- raw(2^20)\n'
-              'for (i in 1:6) {\n'
-              '  con <- file(sprintf("output/big%d.csv", i), "wb")\n'
-              '  for (j in 1:255) try(writeBin(x, con), silent = TRUE)\n'
-              '  try(close(con), silent = TRUE)\n'
-              '}\n'
-              'cat("wrote them all, exiting 0\\n")\n')
+    script = (
+        "x <- raw(2^20)\n"
+        "for (i in 1:6) {\n"
+        '  con <- file(sprintf("output/big%d.csv", i), "wb")\n'
+        "  for (j in 1:255) try(writeBin(x, con), silent = TRUE)\n"
+        "  try(close(con), silent = TRUE)\n"
+        "}\n"
+        'cat("wrote them all, exiting 0\\n")\n'
+    )
     run_id = await _submit(hub, tmp_path, "fill", script)
     run = wait_for_state(hub, ADA, run_id, ENDS, timeout=300)
     assert run["state"] == "failed_ran", run["failure"]
     assert "output/ reached its limit of 256 MiB" in run["failure"], run["failure"]
     assert "outputs were deleted" in run["failure"]
     left = _after_cleanup(hub, run_id)
-    assert left == ["archive.tar.zst"], left      # the archive stays for the retention period
+    assert left == ["archive.tar.zst"], left  # the archive stays for the retention period
     assert not _mounted(hub.enclave_state / "runs" / run_id / "output.volume")
 
 
-@pytest.mark.parametrize("name, script, rule, words", [
-    # 120 rows of real data, numeric columns only: the data itself, not a result
-    ("numeric-rows",
-     'd <- read.csv("data/responses.csv")\n'
-     'write.csv(d[, c("week", "minutes_reading", "quiz_score")], "output/table.csv", row.names = FALSE)\n',
-     "record-rows", "exactly as many as the input data has records"),
-    # real student ids with their letter prefix dropped, in a column named k, beside quiz scores
-    ("bare-ids",
-     'd <- read.csv("data/responses.csv")\n'
-     'out <- data.frame(k = as.numeric(sub("^S", "", d$student_id)), quiz = d$quiz_score)[1:40, ]\n'
-     'write.csv(out, "output/scores.csv", row.names = FALSE)\n',
-     "identifier-values", "look like Kinetic student id without its prefixs"),
-    # ids inside a text file
-    ("text-ids",
-     'd <- read.csv("data/responses.csv")\n'
-     'writeLines(paste("student", d$student_id[1:5], "scored", d$quiz_score[1:5]), "output/notes.txt")\n',
-     "identifier-values", "look like an Kinetic student id"),
-    # a hidden file beside a clean summary
-    ("dotfile",
-     'd <- read.csv("data/responses.csv")\n'
-     'agg <- aggregate(quiz_score ~ course, data = d, FUN = mean)\n'
-     'agg$students <- as.vector(table(d$course)[agg$course])\n'
-     'write.csv(agg, "output/summary.csv", row.names = FALSE)\n'
-     'write.csv(d, "output/.secret.csv", row.names = FALSE)\n',
-     "hidden-file", "never released"),
-])
+@pytest.mark.parametrize(
+    "name, script, rule, words",
+    [
+        # 120 rows of real data, numeric columns only: the data itself, not a result
+        (
+            "numeric-rows",
+            'd <- read.csv("data/responses.csv")\n'
+            'write.csv(d[, c("week", "minutes_reading", "quiz_score")], "output/table.csv", row.names = FALSE)\n',
+            "record-rows",
+            "exactly as many as the input data has records",
+        ),
+        # real student ids with their letter prefix dropped, in a column named k, beside quiz scores
+        (
+            "bare-ids",
+            'd <- read.csv("data/responses.csv")\n'
+            'out <- data.frame(k = as.numeric(sub("^S", "", d$student_id)), quiz = d$quiz_score)[1:40, ]\n'
+            'write.csv(out, "output/scores.csv", row.names = FALSE)\n',
+            "identifier-values",
+            "look like Kinetic student id without its prefixs",
+        ),
+        # ids inside a text file
+        (
+            "text-ids",
+            'd <- read.csv("data/responses.csv")\n'
+            'writeLines(paste("student", d$student_id[1:5], "scored", d$quiz_score[1:5]), "output/notes.txt")\n',
+            "identifier-values",
+            "look like an Kinetic student id",
+        ),
+        # a hidden file beside a clean summary
+        (
+            "dotfile",
+            'd <- read.csv("data/responses.csv")\n'
+            "agg <- aggregate(quiz_score ~ course, data = d, FUN = mean)\n"
+            "agg$students <- as.vector(table(d$course)[agg$course])\n"
+            'write.csv(agg, "output/summary.csv", row.names = FALSE)\n'
+            'write.csv(d, "output/.secret.csv", row.names = FALSE)\n',
+            "hidden-file",
+            "never released",
+        ),
+    ],
+)
 async def test_row_level_data_and_identifiers_never_pass(enclave_hub, tmp_path, name, script, rule, words):
     hub = enclave_hub
     run_id = await _submit(hub, tmp_path, name, script, who=GRACE)
@@ -109,6 +132,7 @@ async def test_row_level_data_and_identifiers_never_pass(enclave_hub, tmp_path, 
     assert _after_cleanup(hub, run_id) == ["archive.tar.zst"]
     # the reviewers never see it: it is not in their queue
     from kinetic_auth.standin.seed import ROSALIND
+
     assert run_id not in [x["id"] for x in hub.call(ROSALIND, "GET", "api/runs").json()["queue"]]
 
 
@@ -132,7 +156,7 @@ def _pax_bomb(dest, header_bytes=150 * 2**20):
         zw.write(f"{n} comment=".encode())
         chunk = b"a" * 2**20
         for start in range(0, value_len, len(chunk)):
-            zw.write(chunk[:min(len(chunk), value_len - start)])
+            zw.write(chunk[: min(len(chunk), value_len - start)])
         zw.write(b"\n" + b"\0" * ((-n) % 512) + b"\0" * 1024)
     return dest
 
@@ -142,7 +166,7 @@ async def test_a_pax_header_bomb_is_refused_without_the_service_growing(enclave_
     bomb = _pax_bomb(tmp_path / "bomb.tar.zst")
     assert bomb.stat().st_size < 8000
     pid = hub.service_pid()
-    with open(f"/proc/{pid}/clear_refs", "w") as f:   # reset the peak (VmHWM) to the current RSS
+    with open(f"/proc/{pid}/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
         f.write("5")
     before = _vm(pid, "VmRSS")
     r = hub.submit_archive(ADA, 101, bomb, message="pax bomb")
@@ -156,17 +180,24 @@ async def test_a_pax_header_bomb_is_refused_without_the_service_growing(enclave_
 
 async def test_every_indirection_pattern_is_flagged_in_the_code_report(enclave_hub, tmp_path):
     hub = enclave_hub
-    lines = ['f <- get(paste0("download", ".file"))',
-             'g <- match.fun(paste0("sys", "tem"))',
-             'p <- readLines(file.path("", "etc", "shadow"))',
-             'h <- utils::nsl("example.org")',
-             'e <- eval(parse_me)',
-             'z <- do.call(paste0("sys", "tem"), list("id"))']
+    lines = [
+        'f <- get(paste0("download", ".file"))',
+        'g <- match.fun(paste0("sys", "tem"))',
+        'p <- readLines(file.path("", "etc", "shadow"))',
+        'h <- utils::nsl("example.org")',
+        "e <- eval(parse_me)",
+        'z <- do.call(paste0("sys", "tem"), list("id"))',
+    ]
     run_id = await _submit(hub, tmp_path, "indirect", "\n".join(lines) + "\n")
     run = wait_for_state(hub, ADA, run_id, ENDS, timeout=120)
     assert run["state"] == "failed_code_checked"
     flagged = {f["line"]: (f["rule"], f["severity"]) for f in run["code_report"]["findings"]}
     # main.r starts with the cutoff line, so the patterns are on lines 2..7
-    assert flagged == {2: ("indirection", "review"), 3: ("indirection", "review"),
-                       4: ("outside-project", "fail"), 5: ("network", "fail"),
-                       6: ("dynamic-code", "review"), 7: ("indirection", "review")}, flagged
+    assert flagged == {
+        2: ("indirection", "review"),
+        3: ("indirection", "review"),
+        4: ("outside-project", "fail"),
+        5: ("network", "fail"),
+        6: ("dynamic-code", "review"),
+        7: ("indirection", "review"),
+    }, flagged

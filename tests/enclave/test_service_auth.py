@@ -1,15 +1,20 @@
 """Who may call the enclave service: the hub identifies, Kinetic authorizes (W1)."""
-from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE, ROSALIND
 
 from enclave_service.archive import create_archive
+from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE, ROSALIND
 
 from .service_fixtures import *  # noqa: F401,F403
 from .service_fixtures import GOOD_MAIN, make_home
 
 
 def test_anonymous_calls_are_refused(enclave_hub):
-    for method, path in (("GET", "api/runs"), ("POST", "api/runs"), ("GET", "api/runs/abc"),
-                         ("POST", "api/runs/abc/review"), ("GET", "api/runs/abc/download")):
+    for method, path in (
+        ("GET", "api/runs"),
+        ("POST", "api/runs"),
+        ("GET", "api/runs/abc"),
+        ("POST", "api/runs/abc/review"),
+        ("GET", "api/runs/abc/download"),
+    ):
         r = enclave_hub.call(None, method, path)
         assert r.status_code == 403, (method, path, r.status_code)
     r = enclave_hub.call(None, "GET", "api/runs", headers={"Authorization": "token not-a-real-token"})
@@ -34,8 +39,10 @@ async def test_w1_researcher_not_on_the_analysis_cannot_submit(enclave_hub, tmp_
     r = enclave_hub.call(ADA, "POST", "api/runs", json={"analysis_id": "../101", "message": "x"})
     assert r.status_code == 400
     assert enclave_hub.db_rows("select count(*) from runs")[0][0] == before
-    assert not [p for p in (enclave_hub.enclave_state / "runs").iterdir()] or \
-        len(list((enclave_hub.enclave_state / "runs").iterdir())) == before
+    assert (
+        not [p for p in (enclave_hub.enclave_state / "runs").iterdir()]
+        or len(list((enclave_hub.enclave_state / "runs").iterdir())) == before
+    )
     # a reviewer sees no run of others in "their runs", and a stranger cannot read a run id
     assert enclave_hub.call(ROSALIND, "GET", "api/runs").json()["runs"] == []
     assert enclave_hub.call(GRACE, "GET", "api/runs/000000000000").status_code == 404

@@ -1,10 +1,10 @@
 """The enclave's pages in headless Chromium: the researcher's run page (timeline), the reviewers'
 queue and review page (CSV preview escaped; the review form works with the hub's XSRF token)."""
+
 import pytest
 
-from kinetic_auth.standin.seed import ADA, ROSALIND
-
 from enclave_service.archive import create_archive_sync
+from kinetic_auth.standin.seed import ADA, ROSALIND
 
 from .service_fixtures import *  # noqa: F401,F403
 from .service_fixtures import make_home, wait_for_state
@@ -17,13 +17,20 @@ agg$note <- "{XSS}"
 write.csv(agg, "output/table.csv", row.names = FALSE)
 """
 
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS, headless=True)
         yield b
@@ -31,7 +38,7 @@ def browser():
 
 
 def login(browser, hub, uuid):
-    hub.user(uuid)                      # the user exists and holds their Kinetic sign-in
+    hub.user(uuid)  # the user exists and holds their Kinetic sign-in
     ctx = browser.new_context()
     page = ctx.new_page()
     page.goto(f"{hub.url}/hub/login")
@@ -39,7 +46,7 @@ def login(browser, hub, uuid):
     page.fill("input[name=password]", "any")
     page.click("[type=submit]")
     page.wait_for_url("**/services/enclave/**")
-    hub.set_auth_state(uuid)            # the test authenticator does not keep it; Kinetic's does
+    hub.set_auth_state(uuid)  # the test authenticator does not keep it; Kinetic's does
     return ctx, page
 
 
@@ -50,8 +57,12 @@ def review_run(enclave_hub, tmp_path_factory):
     archive = create_archive_sync(home, tmp / "a.tar.zst").path
     r = enclave_hub.submit_archive(ADA, 102, archive, message="a table with a <b>tag</b>")
     assert r.status_code == 201, r.text
-    run = wait_for_state(enclave_hub, ADA, r.json()["id"], {"in_review", "failed_built", "failed_ran",
-                                                            "failed_outputs_checked", "failed_code_checked"})
+    run = wait_for_state(
+        enclave_hub,
+        ADA,
+        r.json()["id"],
+        {"in_review", "failed_built", "failed_ran", "failed_outputs_checked", "failed_code_checked"},
+    )
     assert run["state"] == "in_review", run["failure"]
     return run
 
@@ -86,16 +97,17 @@ def test_reviewer_queue_and_escaped_csv_preview(browser, enclave_hub, review_run
         page.click(f"a:text('{review_run['id']}')")
         page.wait_for_selector("table.preview")
         cells = page.locator("table.preview td").all_inner_texts()
-        assert XSS in cells                               # shown as text …
-        assert page.locator("table.preview script").count() == 0   # … never as markup
+        assert XSS in cells  # shown as text …
+        assert page.locator("table.preview script").count() == 0  # … never as markup
         assert page.evaluate("window.__xss") is None
         assert not dialogs
         page.fill("textarea[name=comment]", "looks aggregate")
         page.click("#approve")
         page.wait_for_selector("#review-status")
         assert "1 of 2" in page.inner_text("#review-status")
-        assert page.locator("#review-form").count() == 0   # one decision per reviewer
-        assert enclave_hub.db_rows("select reviewer, decision from reviews where run_id = ?",
-                                   review_run["id"]) == [(ROSALIND, "approve")]
+        assert page.locator("#review-form").count() == 0  # one decision per reviewer
+        assert enclave_hub.db_rows(
+            "select reviewer, decision from reviews where run_id = ?", review_run["id"]
+        ) == [(ROSALIND, "approve")]
     finally:
         ctx.close()

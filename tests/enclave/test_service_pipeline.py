@@ -1,15 +1,13 @@
 """The enclave pipeline end to end, through the hub's proxy, with the real stand-in, podman runner,
 R image and SMTP sink: submit → checks → run → review (twice, blinded) → release → mail → download."""
+
 import io
 import json
 import re
 import zipfile
 
-import pytest
-
-from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE, MARIE, ROSALIND
-
 from enclave_service.archive import create_archive
+from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE, MARIE, ROSALIND
 
 from .service_fixtures import *  # noqa: F401,F403
 from .service_fixtures import GOOD_MAIN, make_home, wait_for_state
@@ -25,8 +23,14 @@ def kinetic_calls(standin, kinetic_run_id):
     run = next(r for r in data["runs"] if str(r["id"]) == str(kinetic_run_id))
     key = run["api_key"]
     logs = [r["body"] for r in data["records"] if r["endpoint"] == "log" and r["body"]["api_key"] == key]
-    done = [r["body"] for r in data["records"] if r["endpoint"] == "completion" and r["body"]["api_key"] == key]
-    uploads = [r["body"] for r in data["records"] if r["endpoint"] == "upload_results" and r["body"]["api_key"] == key]
+    done = [
+        r["body"] for r in data["records"] if r["endpoint"] == "completion" and r["body"]["api_key"] == key
+    ]
+    uploads = [
+        r["body"]
+        for r in data["records"]
+        if r["endpoint"] == "upload_results" and r["body"]["api_key"] == key
+    ]
     return logs, done, uploads
 
 
@@ -38,14 +42,19 @@ async def test_happy_path_two_blinded_approvals_release_mail_download(enclave_hu
     run_id = r.json()["id"]
     assert r.json()["state"] == "submitted"
 
-    run = wait_for_state(hub, ADA, run_id, {"in_review"} | {f"failed_{s}" for s in
-                         ("archived", "code_checked", "built", "ran", "outputs_checked")})
+    run = wait_for_state(
+        hub,
+        ADA,
+        run_id,
+        {"in_review"}
+        | {f"failed_{s}" for s in ("archived", "code_checked", "built", "ran", "outputs_checked")},
+    )
     assert run["state"] == "in_review", (run["failure"], run.get("events"))
     assert run["code_report"]["verdict"] in ("pass", "review")
     assert "summary.csv" in run["output_report"]["manifest"]
     states = [e["state"] for e in run["events"] if e["kind"] == "state"]
     assert states == ["submitted", "archived", "code_checked", "built", "ran", "outputs_checked", "in_review"]
-    assert run["logs"] is None          # real-data logs go to reviewers only
+    assert run["logs"] is None  # real-data logs go to reviewers only
     assert run["downloadable"] is False
     assert hub.call(ADA, "GET", f"api/runs/{run_id}/download").status_code == 409
 
@@ -58,13 +67,19 @@ async def test_happy_path_two_blinded_approvals_release_mail_download(enclave_hu
 
     # the author (and co-researcher) cannot review; nor can a non-reviewer
     assert hub.call(ADA, "POST", f"api/runs/{run_id}/review", json={"decision": "approve"}).status_code == 403
-    assert hub.call(GRACE, "POST", f"api/runs/{run_id}/review", json={"decision": "approve"}).status_code == 403
+    assert (
+        hub.call(GRACE, "POST", f"api/runs/{run_id}/review", json={"decision": "approve"}).status_code == 403
+    )
     # a rejection needs a comment
     r = hub.call(ROSALIND, "POST", f"api/runs/{run_id}/review", json={"decision": "reject"})
     assert r.status_code == 400 and "comment" in r.json()["message"]
 
-    r = hub.call(ROSALIND, "POST", f"api/runs/{run_id}/review",
-                 json={"decision": "approve", "comment": "aggregates only; fine <b>bold</b>"})
+    r = hub.call(
+        ROSALIND,
+        "POST",
+        f"api/runs/{run_id}/review",
+        json={"decision": "approve", "comment": "aggregates only; fine <b>bold</b>"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "in_review"
     # the same reviewer cannot approve twice
@@ -97,6 +112,7 @@ async def test_happy_path_two_blinded_approvals_release_mail_download(enclave_hu
     zf = zipfile.ZipFile(io.BytesIO(r.content))
     manifest = json.loads(zf.read("MANIFEST.json"))
     import hashlib
+
     body = zf.read("output/summary.csv")
     assert manifest["files"]["output/summary.csv"] == hashlib.sha256(body).hexdigest()
     assert b"student_id" not in body
@@ -127,6 +143,7 @@ async def test_happy_path_two_blinded_approvals_release_mail_download(enclave_hu
 
 def wait_mail(hub, run_id, timeout=30):
     import time
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         mails = [m for m in hub.mails() if run_id in m]
@@ -151,6 +168,7 @@ async def test_script_that_exits_1_fails_and_kinetic_hears_failure(enclave_hub, 
 
 def wait_completion(standin, run, hub, uuid, timeout=20):
     import time
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = hub.call(uuid, "GET", f"api/runs/{run['id']}").json()
@@ -170,8 +188,11 @@ async def test_code_check_failure_stops_the_run_with_the_report(enclave_hub, sta
     assert run["state"] == "failed_code_checked"
     assert run["code_report"]["verdict"] == "fail"
     assert any("system" in json.dumps(f) for f in run["code_report"]["findings"])
-    assert [e["state"] for e in run["events"] if e["kind"] == "state"] == \
-        ["submitted", "archived", "failed_code_checked"]
+    assert [e["state"] for e in run["events"] if e["kind"] == "state"] == [
+        "submitted",
+        "archived",
+        "failed_code_checked",
+    ]
     _, done, _ = wait_completion(standin, run, hub, GRACE)
     assert [d["status"] for d in done] == ["failure"]
 
@@ -182,8 +203,12 @@ async def test_json_submit_snapshots_the_workspace(enclave_hub, tmp_path):
     make_home(hub.workspaces / "103", GOOD_MAIN.format(extra=""))
     r = hub.call(GRACE, "POST", "api/runs", json={"analysis_id": "103", "message": "from my workspace"})
     assert r.status_code == 201, r.text
-    run = wait_for_state(hub, GRACE, r.json()["id"], {"in_review", "failed_built", "failed_ran",
-                                                      "failed_code_checked", "failed_outputs_checked"})
+    run = wait_for_state(
+        hub,
+        GRACE,
+        r.json()["id"],
+        {"in_review", "failed_built", "failed_ran", "failed_code_checked", "failed_outputs_checked"},
+    )
     assert run["state"] == "in_review", run["failure"]
     assert run["archive_sha256"]
     # no workspace for that analysis: a clear 404, no run

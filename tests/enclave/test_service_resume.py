@@ -1,11 +1,11 @@
 """Runs survive the service: SIGKILL it mid-run, the hub starts it again, the run finishes.
 And the author (only the author) can withdraw a running run, which stops its container."""
+
 import subprocess
 import time
 
-from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE
-
 from enclave_service.archive import create_archive
+from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE
 
 from .service_fixtures import *  # noqa: F401,F403
 from .service_fixtures import make_home, wait_for_state
@@ -59,16 +59,17 @@ async def test_only_the_author_can_withdraw(enclave_hub, standin, tmp_path):
     archive = await _slow_archive(tmp_path)
     run_id = hub.submit_archive(ADA, 101, archive, message="to withdraw").json()["id"]
     wait_for_state(hub, ADA, run_id, "built", timeout=180)
-    assert hub.call(GRACE, "POST", f"api/runs/{run_id}/withdraw").status_code == 403   # co-researcher
+    assert hub.call(GRACE, "POST", f"api/runs/{run_id}/withdraw").status_code == 403  # co-researcher
     assert hub.call(KATHERINE, "POST", f"api/runs/{run_id}/withdraw").status_code == 404
     r = hub.call(ADA, "POST", f"api/runs/{run_id}/withdraw")
     assert r.status_code == 200, r.text
     run = hub.call(ADA, "GET", f"api/runs/{run_id}").json()
     assert run["state"] == "withdrawn"
-    time.sleep(3)   # the step the pipeline was in does not overwrite the withdrawal
+    time.sleep(3)  # the step the pipeline was in does not overwrite the withdrawal
     assert hub.call(ADA, "GET", f"api/runs/{run_id}").json()["state"] == "withdrawn"
     assert not container_exists(run_id)
     assert hub.call(ADA, "POST", f"api/runs/{run_id}/withdraw").status_code == 409
     from .test_service_pipeline import wait_completion
+
     _, done, _ = wait_completion(standin, run, hub, ADA)
     assert [d["status"] for d in done] == ["failure"]

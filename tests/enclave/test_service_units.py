@@ -1,5 +1,6 @@
 """Pieces of the enclave service without a hub: step time limits, transitions that lose a race,
 review rules under concurrency, the release zip, the mail text, the hub configuration."""
+
 import asyncio
 import hashlib
 import json
@@ -20,8 +21,15 @@ from enclave_service.states import WITHDRAWABLE, RunError, State, StepFailed
 
 def make_pipeline(tmp_path, **kw):
     db = Database(f"sqlite:///{tmp_path / 'e.sqlite'}")
-    return Pipeline(db=db, runs_dir=tmp_path / "runs", kinetic=KineticSync(None), runner=None,
-                    mailer=None, public_url="http://hub.example", **kw)
+    return Pipeline(
+        db=db,
+        runs_dir=tmp_path / "runs",
+        kinetic=KineticSync(None),
+        runner=None,
+        mailer=None,
+        public_url="http://hub.example",
+        **kw,
+    )
 
 
 async def add_run(p, state=State.SUBMITTED, **fields):
@@ -30,6 +38,7 @@ async def add_run(p, state=State.SUBMITTED, **fields):
         s.add(run)
         s.flush()
         return run.id
+
     return await p.db.run(tx)
 
 
@@ -38,6 +47,7 @@ async def test_a_step_over_its_time_limit_fails_in_plain_words(tmp_path):
 
     async def slow(run):
         await asyncio.sleep(5)
+
     p.step_archive = slow
     run_id = await add_run(p)
     await p.drive(run_id)
@@ -51,6 +61,7 @@ async def test_a_failed_step_records_its_reason_and_stops(tmp_path):
 
     async def refuse(run):
         raise StepFailed("The code archive was refused: archive/../x escapes the folder")
+
     p.step_archive = refuse
     run_id = await add_run(p)
     await p.drive(run_id)
@@ -74,6 +85,7 @@ async def test_resume_drives_every_pipeline_state_and_leaves_people_states(tmp_p
 
     async def fake_drive(run_id):
         seen.append(run_id)
+
     p.drive = fake_drive
     await p.resume_all()
     await asyncio.sleep(0)
@@ -82,7 +94,7 @@ async def test_resume_drives_every_pipeline_state_and_leaves_people_states(tmp_p
 
 async def test_review_rules_and_concurrent_approvals(tmp_path):
     p = make_pipeline(tmp_path)
-    p.kick = lambda run_id: None        # the release step is not under test here
+    p.kick = lambda run_id: None  # the release step is not under test here
     run_id = await add_run(p, State.IN_REVIEW, collaborators=["ada", "grace"], required_approvals=2)
     with pytest.raises(RunError) as e:
         await p.runs.review(run_id, "grace", True, "approve", "")
@@ -93,16 +105,20 @@ async def test_review_rules_and_concurrent_approvals(tmp_path):
     with pytest.raises(RunError) as e:
         await p.runs.review(run_id, "katherine", False, "approve", "")
     assert e.value.status == 403
-    results = await asyncio.gather(*(p.runs.review(run_id, r, True, "approve", "")
-                                     for r in ("rosalind", "marie", "dorothy")), return_exceptions=True)
+    results = await asyncio.gather(
+        *(p.runs.review(run_id, r, True, "approve", "") for r in ("rosalind", "marie", "dorothy")),
+        return_exceptions=True,
+    )
     assert results[:2] == [State.IN_REVIEW, State.APPROVED]
-    assert isinstance(results[2], RunError) and results[2].status == 409   # already decided
+    assert isinstance(results[2], RunError) and results[2].status == 409  # already decided
     approved = await p.db.run(lambda s: s.query(dbm.Event).filter_by(run_id=run_id, state="approved").count())
     assert approved == 1
     # one rejection decides: rejected
     other = await add_run(p, State.IN_REVIEW, required_approvals=1)
     p.finish_soon = lambda run_id: None
-    assert await p.runs.review(other, "marie", True, "reject", "row-level data in table.csv") == State.REJECTED
+    assert (
+        await p.runs.review(other, "marie", True, "reject", "row-level data in table.csv") == State.REJECTED
+    )
 
 
 def test_release_zip_is_deterministic_and_refuses_a_changed_file(tmp_path):
@@ -125,7 +141,13 @@ def test_release_zip_is_deterministic_and_refuses_a_changed_file(tmp_path):
 
 def test_mail_carries_the_run_page_link_only():
     run = RunRecord(**{f: "" for f in RunRecord.__dataclass_fields__})
-    run.id, run.analysis_id, run.analysis_title, run.message, run.state = "abc123", "101", "T", "m", State.RELEASED
+    run.id, run.analysis_id, run.analysis_title, run.message, run.state = (
+        "abc123",
+        "101",
+        "T",
+        "m",
+        State.RELEASED,
+    )
     subject, body = decision_mail(run, "https://hub.example/services/enclave/runs/abc123")
     assert "abc123" in subject
     assert "https://hub.example/services/enclave/runs/abc123" in body
@@ -136,8 +158,15 @@ def test_configure_enclave_service_registers_service_roles_and_group(tmp_path):
     c = Config()
     c.JupyterHub.services = [{"name": "other", "api_token": "x"}]
     c.JupyterHub.load_roles = [{"name": "user", "scopes": ["self", "access:services!service=other"]}]
-    configure_enclave_service(c, state_dir=tmp_path, kinetic_url="http://k", public_url="http://hub/",
-                              reviewers=["r1", "r2"], smtp_port=2525, enclave_key_file=tmp_path / "key")
+    configure_enclave_service(
+        c,
+        state_dir=tmp_path,
+        kinetic_url="http://k",
+        public_url="http://hub/",
+        reviewers=["r1", "r2"],
+        smtp_port=2525,
+        enclave_key_file=tmp_path / "key",
+    )
     names = [s["name"] for s in c.JupyterHub.services]
     assert names == ["other", "enclave"]
     svc = c.JupyterHub.services[1]
@@ -149,7 +178,12 @@ def test_configure_enclave_service_registers_service_roles_and_group(tmp_path):
     assert written["enclave_key_file"].endswith("key") and written["smtp_port"] == 2525
     assert (tmp_path / "enclave_service_config.json").stat().st_mode & 0o077 == 0
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
-    assert set(roles["enclave-service"]["scopes"]) == {"list:users", "read:users", "admin:auth_state", "read:groups"}
+    assert set(roles["enclave-service"]["scopes"]) == {
+        "list:users",
+        "read:users",
+        "admin:auth_state",
+        "read:groups",
+    }
     assert roles["enclave-service"]["services"] == ["enclave"]
     assert "access:services!service=enclave" in roles["user"]["scopes"]
     assert "access:services!service=other" in roles["user"]["scopes"]

@@ -1,6 +1,7 @@
 """The enclave's shape, held by tests: one owner writes run states, the web layer and the pipeline
 do not import each other in circles, the schema migrates from the one before, and the risk
 appetite is configuration (a tightened threshold changes a verdict with no code change)."""
+
 import ast
 import json
 import sqlite3
@@ -41,8 +42,11 @@ def _state_writes(tree: ast.AST) -> list[int]:
                 lines.append(node.lineno)
             if name in ("Run", "update", "values") and any(k.arg == "state" for k in node.keywords):
                 lines.append(node.lineno)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and "update runs set state" in " ".join(node.value.lower().split()):
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "update runs set state" in " ".join(node.value.lower().split())
+        ):
             lines.append(node.lineno)
     return sorted(lines)
 
@@ -55,8 +59,10 @@ def test_no_module_but_the_owner_writes_a_run_state():
 
 
 def test_the_detector_sees_each_way_of_writing_a_state():
-    code = ('run.state = "x"\nsetattr(run, "state", "x")\nRun(id=1, state="x")\n'
-            'await p.update(rid, state="x")\nq = "UPDATE runs SET state = 1"\n')
+    code = (
+        'run.state = "x"\nsetattr(run, "state", "x")\nRun(id=1, state="x")\n'
+        'await p.update(rid, state="x")\nq = "UPDATE runs SET state = 1"\n'
+    )
     assert _state_writes(ast.parse(code)) == [1, 2, 3, 4, 5]
 
 
@@ -81,18 +87,21 @@ def test_no_import_cycles_between_the_layers():
                 seen.add(d)
                 reach(d, seen)
         return seen
+
     cycles = [m for m in deps if m in reach(m)]
     assert cycles == [], f"modules that import themselves through others: {cycles}"
 
 
 def test_a_database_of_the_previous_schema_is_upgraded_with_its_runs(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
-    upgrade(create_engine(url), "0001")          # the schema as create_all made it before migrations
+    upgrade(create_engine(url), "0001")  # the schema as create_all made it before migrations
     with sqlite3.connect(tmp_path / "old.sqlite") as conn:
-        conn.execute("DROP TABLE alembic_version")   # as a database from before Alembic has none
-        conn.execute("INSERT INTO runs VALUES ('r1','101','T','ada','a@x','[\"grace\"]','m','in_review','',"
-                     "1.0,2.0,'abc',10,'','{\"verdict\": \"pass\", \"manifest\": {\"s.csv\": \"00\"}}','img',0,'',"
-                     "2,'','','','','',0)")
+        conn.execute("DROP TABLE alembic_version")  # as a database from before Alembic has none
+        conn.execute(
+            "INSERT INTO runs VALUES ('r1','101','T','ada','a@x','[\"grace\"]','m','in_review','',"
+            "1.0,2.0,'abc',10,'','{\"verdict\": \"pass\", \"manifest\": {\"s.csv\": \"00\"}}','img',0,'',"
+            "2,'','','','','',0)"
+        )
         conn.execute("INSERT INTO releases VALUES ('r1','/x','00',5,'{\"s.csv\": \"00\"}',3.0)")
     db = Database(url)
     try:
@@ -120,8 +129,9 @@ async def test_a_tightened_threshold_changes_a_verdict_without_a_code_change(tmp
 
     def service(state_dir, **kw):
         c = Config()
-        svc = configure_enclave_service(c, state_dir=state_dir, kinetic_url="", public_url="http://hub",
-                                        reviewers=[], smtp_port=0, **kw)
+        svc = configure_enclave_service(
+            c, state_dir=state_dir, kinetic_url="", public_url="http://hub", reviewers=[], smtp_port=0, **kw
+        )
         app = EnclaveService()
         app.initialize([svc["command"][-1]])
         return app

@@ -4,6 +4,7 @@
 Revision ID: 0002
 Revises: 0001
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -26,20 +27,27 @@ def upgrade():
     op.execute("UPDATE runs SET collaborators = '[]' WHERE collaborators = '' OR collaborators IS NULL")
     with op.batch_alter_table("runs") as batch:
         for column in JSON_COLUMNS:
-            batch.alter_column(column, type_=sa.JSON, existing_type=sa.Text,
-                               postgresql_using=f"{column}::json")
+            batch.alter_column(
+                column, type_=sa.JSON, existing_type=sa.Text, postgresql_using=f"{column}::json"
+            )
         batch.add_column(sa.Column("input_records", sa.Integer, nullable=True))
     with op.batch_alter_table("releases") as batch:
-        batch.alter_column("manifest", type_=sa.JSON, existing_type=sa.Text, postgresql_using="manifest::json")
+        batch.alter_column(
+            "manifest", type_=sa.JSON, existing_type=sa.Text, postgresql_using="manifest::json"
+        )
 
 
 def downgrade():
     with op.batch_alter_table("releases") as batch:
-        batch.alter_column("manifest", type_=sa.Text, existing_type=sa.JSON, postgresql_using="manifest::text")
+        batch.alter_column(
+            "manifest", type_=sa.Text, existing_type=sa.JSON, postgresql_using="manifest::text"
+        )
     with op.batch_alter_table("runs") as batch:
         batch.drop_column("input_records")
         for column in JSON_COLUMNS:
-            batch.alter_column(column, type_=sa.Text, existing_type=sa.JSON, postgresql_using=f"{column}::text")
+            batch.alter_column(
+                column, type_=sa.Text, existing_type=sa.JSON, postgresql_using=f"{column}::text"
+            )
     op.execute("UPDATE runs SET code_report = '' WHERE code_report IS NULL")
     op.execute("UPDATE runs SET output_report = '' WHERE output_report IS NULL")
     with op.batch_alter_table("runs") as batch:

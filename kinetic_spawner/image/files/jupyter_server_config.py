@@ -8,6 +8,7 @@
   jupyter-rsession-proxy itself looks for it. The image drops the proxy's entry point, which
   would otherwise always add an RStudio launcher tile that leads to a bare 500 page.
 """
+
 c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
 
 c.MappingKernelManager.default_kernel_name = "ir"
@@ -20,6 +21,7 @@ c.ServerApp.jpserver_extensions = {"kinetic_busy_activity": True}
 def _rstudio_server():
     try:
         from jupyter_rsession_proxy import get_rstudio_executable, setup_rserver
+
         get_rstudio_executable("rserver")
     except (ImportError, FileNotFoundError):
         return None

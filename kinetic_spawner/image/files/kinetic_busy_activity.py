@@ -7,6 +7,7 @@ every 30 s) this extension looks for busy kernels and, if there is one,
 sets a ``*_last_activity`` setting, which jupyter_server's ``last_activity()`` includes (that is
 its documented hook for extensions), and jupyterhub-singleuser reports it to the hub.
 """
+
 import datetime
 import os
 
@@ -31,7 +32,7 @@ def _load_jupyter_server_extension(serverapp):
             except KeyError:  # shut down meanwhile
                 continue
             if busy:
-                settings[SETTING] = datetime.datetime.now(datetime.timezone.utc)
+                settings[SETTING] = datetime.datetime.now(datetime.UTC)
                 return
 
     PeriodicCallback(note_busy_kernels, interval * 1000).start()
