@@ -305,6 +305,7 @@ def deployed(tmp_path_factory, standin, postgres):
         seen["container"] = workspace_container(hub, 101)
         seen["services_before"] = services_settle(hub)
         seen["proxies_before"] = hub.proxies()
+        seen["run"] = submit_a_run(hub, base)
 
         # SIGKILL, then what systemd does with Restart=always: start it again after RestartSec
         t0 = time.monotonic()
@@ -319,6 +320,7 @@ def deployed(tmp_path_factory, standin, postgres):
         time.sleep(3)  # services a killed hub left behind would show themselves by now
         seen["services_after_kill"] = services_settle(hub)
         seen["proxies_after_kill"] = hub.proxies()
+        seen["run_after_kill"] = enclave_run(hub, seen["run"]["id"])
 
         # an upgrade, as the README says: stop, upgrade-db (its own unit), start
         hub.sigterm()
@@ -334,6 +336,59 @@ def deployed(tmp_path_factory, standin, postgres):
         hub.stop()
         for pid in hub.proxies():  # a proxy orphaned by a failed run of this test
             os.kill(pid, signal.SIGTERM)
+
+
+def researcher_token(hub, uuid: str) -> str:
+    r = hub.api("POST", f"/users/{uuid}/tokens", json={"note": "deploy test", "expires_in": 3600})
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def submit_a_run(hub, base: Path) -> dict:
+    """Ada submits analysis 101 to the enclave (an uploaded archive, as from outside the hub)."""
+    import asyncio
+
+    from enclave_service.archive import create_archive
+
+    from ..enclave.service_fixtures import GOOD_MAIN, make_home
+
+    home = make_home(base / "run-home", GOOD_MAIN.format(extra=""))
+    archive = asyncio.run(create_archive(home, base / "run.tar.zst"))
+    with open(archive.path, "rb") as f:
+        r = requests.post(
+            f"{hub.url}/services/enclave/api/runs",
+            headers={"Authorization": f"token {researcher_token(hub, seed.ADA)}"},
+            data={"analysis_id": "101", "message": "before the crash"},
+            files={"archive": ("archive.tar.zst", f, "application/zstd")},
+            timeout=60,
+        )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def enclave_run(hub, run_id) -> dict:
+    """The run as the enclave service reports it (it may take a moment to come back)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = requests.get(
+                f"{hub.url}/services/enclave/api/runs/{run_id}",
+                headers={"Authorization": f"token {researcher_token(hub, seed.ADA)}"},
+                timeout=30,
+            )
+            if r.status_code == 200:
+                return r.json()
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "the enclave service did not answer after the restart"
+        time.sleep(1)
+
+
+def test_every_enclave_run_is_kept_across_a_killed_hub(deployed):
+    hub, seen = deployed
+    before, after = seen["run"], seen["run_after_kill"]
+    assert after["id"] == before["id"] and after["message"] == "before the crash"
+    assert after["analysis_id"] in (101, "101")
 
 
 def test_the_hub_starts_from_the_unit_and_serves_a_workspace(deployed):
