@@ -37,6 +37,7 @@ from urllib.parse import urlparse, urlunparse
 from jupyterhub.utils import exponential_backoff
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
+from ..commands import run_command
 from ..provisioning import run_script
 from . import (
     STEP_HOST,
@@ -269,20 +270,8 @@ class ContainerBackend(HomesOnThisHost):
         return ["nice", "-n", str(self.nice), *argv] if self.nice else argv
 
     async def _podman(self, *args: str, timeout: float = 120, env: dict | None = None) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *self._podman_argv(*args),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return -1, f"podman {args[0]} did not finish within {timeout:.0f} s"
-        return proc.returncode, out.decode(errors="replace").strip()
+        rc, out, _ = await run_command(self._podman_argv(*args), timeout, env=env)
+        return rc, out
 
     async def _remove(self, name: str) -> None:
         rc, out = await self._podman(

@@ -27,6 +27,8 @@ import ipaddress
 import os
 import shutil
 
+from ..commands import run_command
+
 CHAIN_IN = "KINETIC-WS-IN"
 CHAIN_FWD = "KINETIC-WS-FWD"
 
@@ -38,19 +40,8 @@ class NetworkError(RuntimeError):
 
 
 async def _run(*argv: str, timeout: float = 60) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return -1, f"{argv[0]} timed out after {timeout:.0f} s"
-    return proc.returncode, out.decode(errors="replace").strip()
+    rc, out, _ = await run_command(list(argv), timeout)
+    return rc, out
 
 
 async def ensure_network(podman: str, name: str, subnet: str) -> tuple[str, str]:

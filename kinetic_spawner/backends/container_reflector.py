@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..commands import run_command
+
 LABEL_PREFIX = "org.kinetic.workspace"
 LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
 LABEL_USER = f"{LABEL_PREFIX}.user"
@@ -66,7 +68,7 @@ class ContainerReflector:
 
     # -- snapshots ------------------------------------------------------------------------------
     async def _list(self) -> dict[str, ContainerInfo]:
-        proc = await asyncio.create_subprocess_exec(
+        argv = [
             "nice",
             "-n",
             "10",
@@ -77,18 +79,10 @@ class ContainerReflector:
             f"label={LABEL_INSTANCE}={self.instance}",
             "--format",
             "json",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), 60)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise ReflectorError("podman ps did not answer within 60 s") from None
-        if proc.returncode != 0:
-            raise ReflectorError(f"podman ps failed: {err.decode(errors='replace')[-300:]}")
+        ]
+        rc, out, err = await run_command(argv, 60, merge_stderr=False)
+        if rc != 0:
+            raise ReflectorError(f"podman ps failed: {err[-300:]}")
         found = {}
         for c in json.loads(out or b"[]") or []:
             names = c.get("Names") or []
