@@ -1,4 +1,5 @@
 """End to end in a real browser: Kinetic's old link → Kinetic sign-in → progress → the workspace."""
+
 import time
 
 from playwright.async_api import expect
@@ -20,7 +21,7 @@ async def test_from_kinetic_link_to_a_working_workspace(hub, tmp_path):
             await page.wait_for_url("**/user/**/a-102/rstudio/**", timeout=90_000)
         except Exception:
             await page.screenshot(path="/tmp/browser-fail.png")
-            raise AssertionError(f"stuck at {page.url}: {(await page.content())[:2000]}")
+            raise AssertionError(f"stuck at {page.url}: {(await page.content())[:2000]}") from None
         await page.wait_for_selector("text=RStudio", timeout=30_000)
         elapsed = time.monotonic() - started
         print(f"\nsign-in -> workspace in the browser: {elapsed:.1f} s")
@@ -60,6 +61,7 @@ async def test_without_rstudio_the_workspace_is_jupyterlab_with_r(tmp_path, stan
     from kinetic_auth.standin.seed import GRACE
 
     from .hub import running_hub
+
     with running_hub(tmp_path, standin, rstudio=False) as hub:
         project = tmp_path / "workspaces" / "103" / "kinetic"
         async with chromium() as browser:

@@ -156,7 +156,7 @@ def test_r_is_the_default_kernel_and_rstudio_is_hidden_without_rserver(workspace
     out = probe_server(workspace_image, make_home(tmp_path))
     assert out["kernelspecs"]["default"] == "ir"
     assert out["kernel"] == "ir"  # a console that names no kernel gets R
-    assert {"ir", "python3"} <= set(out["kernelspecs"]["kernelspecs"])
+    assert set(out["kernelspecs"]["kernelspecs"]) == {"ir"}  # only what the enclave runs: R
     assert [s["name"] for s in out["servers"]["server_processes"]] == []  # no RStudio tile
     assert out["rstudio"][0] == 404  # and no 500 page
     # rstudio_patch's JupyterLab overrides are installed: no news, no update checks

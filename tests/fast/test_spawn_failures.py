@@ -207,7 +207,9 @@ async def test_a_server_that_never_answers_is_given_up_after_http_timeout(make_h
     t0 = time.monotonic()
     events, spawner = await open_workspace(app)
     waited = time.monotonic() - t0
-    assert 2 <= waited < 10, waited
+    # about http_timeout: the hub's wait (exponential_backoff on the loop's clock) may end a few
+    # tens of ms short of its deadline as seen from here (CI measured 1.94 s for 2 s)
+    assert 1.5 <= waited < 10, waited
     assert "Waiting for the workspace server to answer" in messages(events)
     assert events[-1]["failed"], events
     # JupyterHub's own words (the spawner's start had succeeded, so failure_message is not set)

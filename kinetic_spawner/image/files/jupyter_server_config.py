@@ -1,8 +1,10 @@
 """Jupyter server configuration baked into the Kinetic workspace image
 (``/opt/kinetic/venv/etc/jupyter/jupyter_server_config.py``, read by jupyterhub-singleuser).
 
-* R is the default kernel: a console or notebook that does not name a kernel gets R, and the
-  kernel chooser preselects R (JupyterLab falls back to the server's default kernel).
+* R is the only kernel: the enclave runs R, so a workspace offers exactly what the enclave will
+  run. The image's Python (ipykernel comes with JupyterLab) is not offered as a kernel: JupyterLab
+  4.6's kernel dialog for a console on ``main.r`` ignores the server's default kernel and, finding
+  no kernel whose language matches the editor's exactly, preselected the first one, Python.
 * A busy kernel counts as activity for the idle culler (``kinetic_busy_activity``).
 * RStudio (jupyter-rsession-proxy) is registered only where an ``rserver`` exists, found the way
   jupyter-rsession-proxy itself looks for it. The image drops the proxy's entry point, which
@@ -12,6 +14,7 @@
 c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
 
 c.MappingKernelManager.default_kernel_name = "ir"
+c.KernelSpecManager.allowed_kernelspecs = {"ir"}
 
 # A kernel computing without printing is activity too (kinetic_busy_activity.py): otherwise the
 # hub's idle culler stops a workspace in the middle of a long computation.
