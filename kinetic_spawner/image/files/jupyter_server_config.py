@@ -18,6 +18,12 @@ c.KernelSpecManager.allowed_kernelspecs = {"ir"}
 
 # A kernel computing without printing is activity too (kinetic_busy_activity.py): otherwise the
 # hub's idle culler stops a workspace in the middle of a long computation.
+# Access follows Kinetic (kinetic_auth/access_review.py): the hub revokes a person's sign-in to this
+# workspace when Kinetic takes them off the analysis; the workspace asks the hub about a visitor's
+# token at most this many seconds after its last answer (JupyterHub's default is 300), so their
+# open session ends within the review's bound.
+c.HubOAuth.cache_max_age = 15
+
 c.ServerApp.jpserver_extensions = {"kinetic_busy_activity": True}
 
 
