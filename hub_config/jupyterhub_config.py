@@ -122,6 +122,10 @@ IDLE_EVERY = int(env("KINETIC_IDLE_CHECK_EVERY", str(max(1, min(300, IDLE_TIMEOU
 # in the hub's memory (no file, no environment variable).
 HUB_PAGES_TOKEN = secrets.token_hex(32)
 c.KineticAuthenticator.hub_api_token = HUB_PAGES_TOKEN
+# Access follows Kinetic: every running workspace's people re-asked of Kinetic this often (seconds);
+# kinetic_auth/access_review.py says what happens on each answer and the bound it gives.
+c.AccessReview.interval = float(env("KINETIC_ACCESS_REVIEW_SECONDS", "15"))
+c.AccessReview.unreachable_grace = float(env("KINETIC_ACCESS_UNREACHABLE_GRACE", "30"))
 c.JupyterHub.load_roles = [
     {"name": "user", "scopes": USER_SCOPES},
     {
@@ -132,7 +136,18 @@ c.JupyterHub.load_roles = [
     {
         "name": "kinetic-hub-pages",
         "services": ["kinetic-hub-pages"],
-        "scopes": ["list:users", "read:servers", "start:servers", "shares", "read:users:name"],
+        # + the access review (kinetic_auth/access_review.py): each person's Kinetic sign-in to ask
+        # Kinetic as them, their sign-ins to revoke, a workspace to stop when its owner is removed
+        "scopes": [
+            "list:users",
+            "read:servers",
+            "start:servers",
+            "delete:servers",
+            "shares",
+            "read:users:name",
+            "admin:auth_state",
+            "tokens",
+        ],
     },
 ]
 c.JupyterHub.services = [

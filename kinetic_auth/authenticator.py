@@ -12,16 +12,18 @@ whichever path (page, REST API, admin panel) asked for it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 from jupyterhub.auth import Authenticator
 from tornado import web
-from traitlets import Bool, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, Unicode, default
 
 from kinetic_spawner import slugs
 
 from . import cookie as sso
+from .hub_api import HubAPI
 from .kinetic import KineticClient, KineticError
 
 
@@ -32,6 +34,12 @@ class KineticAuthenticator(Authenticator):
         help="""Base URL the hub uses to call the Kinetic API (server to server).
 
         Locally this is the stand-in started by `make demo`.""",
+    ).tag(config=True)
+
+    kinetic_timeout = Float(
+        10,
+        help="""Seconds to wait for one answer from Kinetic (a question that may be repeated is
+        retried twice, with backoff). Kinetic not answering is never taken as yes.""",
     ).tag(config=True)
 
     kinetic_public_url = Unicode(
@@ -91,8 +99,9 @@ class KineticAuthenticator(Authenticator):
         30,
         help="""How long an answer from Kinetic about (researcher, analysis) is reused.
 
-        Short on purpose: removing a researcher from an analysis in Kinetic takes effect within
-        this many seconds for new workspace starts and joins.""",
+        Only "yes" is reused. Short on purpose: removing a researcher from an analysis in Kinetic
+        takes effect within this many seconds for new workspace starts and joins (at once for
+        sign-ins to a running workspace, which always ask Kinetic; see access_review).""",
     ).tag(config=True)
 
     hub_api_token = Unicode(
@@ -126,11 +135,40 @@ class KineticAuthenticator(Authenticator):
         super().__init__(**kwargs)
         self._keys = None
         self._authz_cache: dict[tuple[str, str], tuple[float, dict | None]] = {}
+        self._access_review_task = None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # made outside a running hub (a unit test, `jupyterhub --generate-config`)
+        if self.hub_api_token:
+            self._access_review_task = loop.create_task(self._run_access_review())
+
+    async def _run_access_review(self):
+        """Access follows Kinetic while workspaces run (see access_review)."""
+        from .access_review import AccessReview
+
+        # the hub's API address is known once the hub is initialized; the first pass comes after
+        # one interval anyway
+        review = AccessReview(self, api=None, parent=self)
+        if review.interval <= 0:
+            return
+        await asyncio.sleep(review.interval)
+        review.api = HubAPI(self.parent.hub.api_url, self.hub_api_token)
+        self.log.info("Access review: every %.0f s, with Kinetic", review.interval)
+        await review.run_forever()
+
+    def remember_authorization(self, user_name: str, analysis_id: str, analysis: dict | None) -> None:
+        """Keep a fresh "yes" from Kinetic for ``authorization_cache_seconds``; a "no" is not kept, so
+        someone Kinetic adds back is let in at once, and forgets an earlier "yes"."""
+        if analysis is None:
+            self._authz_cache.pop((user_name, analysis_id), None)
+        else:
+            self._authz_cache[(user_name, analysis_id)] = (time.monotonic(), analysis)
 
     # -- helpers ---------------------------------------------------------------------------
     @property
     def kinetic(self) -> KineticClient:
-        return KineticClient(self.kinetic_url, cookie_name=self.sso_cookie_name)
+        return KineticClient(self.kinetic_url, cookie_name=self.sso_cookie_name, timeout=self.kinetic_timeout)
 
     def public_kinetic_url(self) -> str:
         return (self.kinetic_public_url or self.kinetic_url).rstrip("/")
@@ -212,15 +250,16 @@ class KineticAuthenticator(Authenticator):
         state.update({"sso_cookie": token, "uuid": who.uuid})
         return {"name": user.name, "auth_state": state}
 
-    async def authorize_analysis(self, user, analysis_id: str) -> dict | None:
+    async def authorize_analysis(self, user, analysis_id: str, fresh: bool = False) -> dict | None:
         """The analysis as Kinetic shows it to this researcher, or None if they are not on it.
+        ``fresh`` asks Kinetic even if it answered moments ago (a sign-in to a workspace).
 
         Raises KineticError when Kinetic cannot be asked (callers show "try again", never "yes").
         """
         analysis_id = slugs.check_analysis_id(analysis_id)
         key = (user.name, analysis_id)
         hit = self._authz_cache.get(key)
-        if hit and time.monotonic() - hit[0] < self.authorization_cache_seconds:
+        if not fresh and hit and time.monotonic() - hit[0] < self.authorization_cache_seconds:
             return hit[1]
         state = await user.get_auth_state() or {}
         token = state.get("sso_cookie")
@@ -229,7 +268,7 @@ class KineticAuthenticator(Authenticator):
         analysis = await self.kinetic.get_analysis(analysis_id, token)
         if analysis is not None and str(analysis.get("id")) != analysis_id:
             analysis = None  # Kinetic answered about something else: treat as no access
-        self._authz_cache[key] = (time.monotonic(), analysis)
+        self.remember_authorization(user.name, analysis_id, analysis)
         return analysis
 
     async def pre_spawn_start(self, user, spawner):

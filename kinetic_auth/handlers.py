@@ -9,6 +9,8 @@ over JupyterHub's own ``/login``, ``/logout`` and ``/home``:
     /analysis/<id>             authorize with Kinetic, start or join the workspace, show progress
     /analysis/<id>/progress    server-sent events of the workspace's start, authorized by analysis membership
     /editor/                   Kinetic's old `/editor/#<id>` link, forwarded to /analysis/<id>
+    /api/oauth2/authorize      signing in to a workspace: Kinetic asked first (hub_adapter), then
+                               JupyterHub's own OAuth authorization
 
 Workspaces are found, started, named and shared through JupyterHub's public REST API (``hub_api``);
 the one JupyterHub behaviour used that has no public API is kept in ``hub_adapter``.
@@ -33,7 +35,7 @@ from tornado.iostream import StreamClosedError
 from kinetic_spawner import slugs
 
 from . import cookie as sso
-from .hub_adapter import skip_oauth_confirmation
+from .hub_adapter import AUTHORIZE_ROUTE, WorkspaceLoginCheck, skip_oauth_confirmation
 from .hub_api import HubAPI, HubAPIError, Workspace
 from .kinetic import KineticError
 
@@ -393,4 +395,5 @@ def routes():
         (r"/analysis/([^/]+)/progress", AnalysisProgressHandler),
         (r"/analysis/([^/]+)/?", AnalysisHandler),
         (r"/editor/?", EditorHandler),
+        (AUTHORIZE_ROUTE, WorkspaceLoginCheck),
     ]

@@ -11,6 +11,9 @@ hub_config/jupyterhub_config.py) whose role holds only what the pages need:
     list:users, read:servers     which workspaces are running, and whose they are
     start:servers                start a workspace and set its display name (the analysis title)
     shares, read:users:name      share a running workspace with a co-researcher, and revoke shares
+    admin:auth_state, tokens,    the access review (``access_review``): ask Kinetic as each person
+    delete:servers               in a workspace, revoke their sign-ins there, stop a workspace whose
+                                 owner Kinetic no longer puts on the analysis
 
 The token is made afresh each time the hub starts and lives only in the hub process (no file, no
 environment variable), so nothing else on the machine can use it.
@@ -99,7 +102,12 @@ class HubAPI:
         server name); the caller holds the per-analysis lock, so the answer cannot go stale
         between this call and a start or join.
         """
-        wanted, found, offset = set(names), {}, 0
+        wanted = set(names)
+        return {ws.name: ws for ws in await self.active_servers_all() if ws.name in wanted}
+
+    async def active_servers_all(self) -> list[Workspace]:
+        """Every active named server, whoever owns it (for the access review)."""
+        found, offset = [], 0
         while True:
             query = urlencode({"state": "active", "limit": PAGE_SIZE, "offset": offset})
             _, page = await self.request(
@@ -107,19 +115,29 @@ class HubAPI:
             )
             for user in page["items"]:
                 for name, server in (user.get("servers") or {}).items():
-                    if name in wanted:
-                        found[name] = Workspace(
-                            owner=user["name"],
-                            name=name,
-                            display_name=server.get("display_name") or name,
-                            ready=bool(server.get("ready")),
-                            pending=server.get("pending"),
-                            url=server.get("url", ""),
+                    if name:
+                        found.append(
+                            Workspace(
+                                owner=user["name"],
+                                name=name,
+                                display_name=server.get("display_name") or name,
+                                ready=bool(server.get("ready")),
+                                pending=server.get("pending"),
+                                url=server.get("url", ""),
+                            )
                         )
             nxt = (page.get("_pagination") or {}).get("next")
             if not nxt:
                 return found
             offset = nxt["offset"]
+
+    async def stop_server(self, owner: str, name: str) -> None:
+        """Stop owner's server ``name``, keeping it (and its home) for the next start."""
+        try:
+            await self.request("DELETE", f"users/{_q(owner)}/servers/{_q(name)}")
+        except HubAPIError as e:
+            if e.status not in (400, 404):  # already stopped or stopping
+                raise
 
     async def start_server(self, owner: str, name: str, display_name: str, user_options: dict) -> int:
         """Start (creating if needed) a named server; sets its display name too. 201 ready, 202 pending."""
@@ -141,6 +159,43 @@ class HubAPI:
     async def revoke_share(self, owner: str, name: str, user: str) -> None:
         """Take every permission on owner's server ``name`` away from ``user``."""
         await self.request("PATCH", f"shares/{_q(owner)}/{_q(name)}", {"user": user})
+
+    async def shared_with(self, owner: str, name: str) -> list[str]:
+        """The users owner's server ``name`` is shared with (we never share with groups)."""
+        users, offset = [], 0
+        while True:
+            query = urlencode({"limit": PAGE_SIZE, "offset": offset})
+            _, page = await self.request(
+                "GET",
+                f"shares/{_q(owner)}/{_q(name)}?{query}",
+                accept="application/jupyterhub-pagination+json",
+            )
+            users += [item["user"]["name"] for item in page["items"] if item.get("user")]
+            nxt = (page.get("_pagination") or {}).get("next")
+            if not nxt:
+                return users
+            offset = nxt["offset"]
+
+    # -- people ------------------------------------------------------------------------------
+    async def auth_state(self, user: str) -> dict | None:
+        """What the authenticator keeps for ``user`` (their Kinetic sign-in), or None."""
+        try:
+            _, model = await self.request("GET", f"users/{_q(user)}")
+        except HubAPIError as e:
+            if e.status == 404:
+                return None
+            raise
+        return model.get("auth_state")
+
+    async def tokens(self, user: str) -> list[dict]:
+        return (await self.request("GET", f"users/{_q(user)}/tokens"))[1]["api_tokens"]
+
+    async def revoke_token(self, user: str, token_id: str) -> None:
+        try:
+            await self.request("DELETE", f"users/{_q(user)}/tokens/{_q(token_id)}")
+        except HubAPIError as e:
+            if e.status != 404:
+                raise
 
     async def revoke_all_shares(self, owner: str, name: str) -> None:
         """Drop every share of owner's server ``name``; a server that does not exist has none."""

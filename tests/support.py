@@ -88,6 +88,20 @@ class Standin:
     def records_token(self) -> str:
         return (self.state_dir / "keys" / "standin_records_token").read_text().strip()
 
+    def set_researchers(self, analysis_id, uuids) -> None:
+        """Change who is on an analysis, as its owner does in Kinetic (a test-only endpoint)."""
+        r = requests.put(
+            f"{self.url}/standin/analyses/{analysis_id}/researchers",
+            json={"researchers": list(uuids)},
+            timeout=5,
+            headers={"Authorization": f"Bearer {self.records_token()}"},
+        )
+        r.raise_for_status()
+
+    def sign_out(self, session: requests.Session) -> None:
+        """Sign out of Kinetic in this browser session (Kinetic's session ends on its side too)."""
+        session.get(f"{self.url}/accounts/logout", allow_redirects=False, timeout=5)
+
     def records(self) -> dict:
         """What the enclave told the stand-in (keys masked); the endpoint wants the records token."""
         r = requests.get(

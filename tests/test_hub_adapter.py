@@ -51,3 +51,20 @@ def test_the_hub_keeps_the_setting_it_starts_with():
     same = settings["oauth_no_confirm_list"]
     skip_oauth_confirmation(settings, "x")
     assert settings["oauth_no_confirm_list"] is same and "x" in same
+
+
+def test_the_workspace_login_check_stands_where_jupyterhub_authorizes():
+    """WorkspaceLoginCheck replaces JupyterHub's handler on JupyterHub's own route, finds the client
+    the way JupyterHub does, and reads the server from it: each of these is a JupyterHub detail."""
+    import inspect
+
+    from jupyterhub import orm
+    from jupyterhub.apihandlers import auth
+
+    from kinetic_auth.hub_adapter import AUTHORIZE_ROUTE, WorkspaceLoginCheck
+
+    assert (AUTHORIZE_ROUTE, OAuthAuthorizeHandler) in auth.default_handlers
+    assert issubclass(WorkspaceLoginCheck, OAuthAuthorizeHandler)
+    assert "fetch_by_client_id" in inspect.getsource(OAuthAuthorizeHandler.get)
+    assert "client_id" in inspect.getsource(OAuthAuthorizeHandler.get)
+    assert hasattr(orm.OAuthClient, "spawner") and hasattr(orm.Spawner, "user")

@@ -239,3 +239,33 @@ def test_a_handlers_own_policy_keeps_its_directives_and_gains_frame_ancestors():
     )
     assert h["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'self'"  # its own choice
     assert h["X-Frame-Options"] == "SAMEORIGIN"
+
+
+def test_membership_changes_want_the_records_token_and_take_effect(standin):
+    url = f"{standin.url}/standin/analyses/101/researchers"
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        assert requests.put(url, json={"researchers": [ADA]}, headers=headers).status_code == 401
+    good = {"Authorization": f"Bearer {standin.records_token()}"}
+    assert requests.put(url, json={"researchers": ["nobody"]}, headers=good).status_code == 400
+    grace = requests.Session()
+    standin.sign_in(grace, GRACE)
+    try:
+        standin.set_researchers(101, [ADA])
+        assert grace.get(f"{standin.url}/api/v1/researcher/analysis/101").status_code == 404
+    finally:
+        standin.set_researchers(101, [ADA, GRACE])
+    assert grace.get(f"{standin.url}/api/v1/researcher/analysis/101").status_code == 200
+
+
+def test_signing_out_ends_the_kinetic_session_for_every_copy_of_the_cookie(standin):
+    """The hub keeps a copy of the cookie to ask Kinetic as the researcher: after sign-out, Kinetic
+    refuses that copy too (not only the browser, which simply loses the cookie)."""
+    browser = requests.Session()
+    token = standin.sign_in(browser, KATHERINE)
+    copy = {"Cookie": f"oxa={token}"}
+    assert requests.get(f"{standin.url}/accounts/api/user", headers=copy).status_code == 200
+    standin.sign_out(browser)
+    assert requests.get(f"{standin.url}/accounts/api/user", headers=copy).status_code == 401
+    again = requests.Session()
+    standin.sign_in(again, KATHERINE)  # a new sign-in works
+    assert again.get(f"{standin.url}/accounts/api/user").status_code == 200

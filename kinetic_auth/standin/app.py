@@ -89,6 +89,9 @@ class StandinState:
         self.records_file = Path(state_dir) / "standin-enclave-calls.jsonl"
         self.records_token = records_token(Path(state_dir))
         self.data_secret = self._derive("data", "secret")
+        # Sign-ins ended by signing out: Kinetic's session ends on its side too, so a copy of the
+        # cookie (the hub keeps one to ask Kinetic as the researcher) stops working at once.
+        self.signed_out: set[str] = set()
 
     def _derive(self, *parts) -> str:
         msg = "/".join(str(p) for p in parts).encode()
@@ -101,7 +104,7 @@ class StandinState:
             f.write(json.dumps(entry) + "\n")
 
     def researcher_from_cookie(self, token: str | None) -> dict | None:
-        if not token:
+        if not token or fingerprint(token) in self.signed_out:
             return None
         try:
             who = sso.decode(token, self.public_key, self.encryption_key)
@@ -243,6 +246,9 @@ class LoginPage(Base):
 
 class LogoutPage(LoginPage):
     def get(self):
+        token = self.get_cookie(self.state.cookie_name)
+        if token:
+            self.state.signed_out.add(fingerprint(token))
         self.clear_cookie(self.state.cookie_name, path="/")
         self.redirect(
             self.safe_return(self.get_argument("r", "")) if self.get_argument("r", "") else "/accounts/login"
@@ -391,15 +397,36 @@ class EnclaveCompletion(Base):
         self.finish({"ok": True})
 
 
-class Records(Base):
-    """What the enclave told Kinetic, for tests: behind the token in ``keys/standin_records_token``
-    (``Authorization: Bearer <token>``), and with every key masked."""
+class TestOnly(Base):
+    """Endpoints for tests only, behind the token in ``keys/standin_records_token``
+    (``Authorization: Bearer <token>``)."""
 
-    def get(self):
+    def prepare(self):
         auth = self.request.headers.get("Authorization", "")
         if not hmac.compare_digest(auth.encode(), f"Bearer {self.state.records_token}".encode()):
             raise web.HTTPError(401, "the records token is required")
+
+
+class Records(TestOnly):
+    """What the enclave told Kinetic, with every key masked."""
+
+    def get(self):
         self.finish({"records": self.state.records, "runs": masked(list(self.state.runs.values()))})
+
+
+class Researchers(TestOnly):
+    """Who is on an analysis, changed as an analysis owner does in Kinetic:
+    ``PUT {"researchers": [uuid, ...]}``."""
+
+    def put(self, analysis_id):
+        a = self.state.analyses.get(analysis_id)
+        if a is None:
+            raise web.HTTPError(404, "no such analysis")
+        people = self.json_body().get("researchers")
+        if not isinstance(people, list) or not all(p in self.state.researchers for p in people):
+            raise web.HTTPError(400, "researchers must be a list of known researcher uuids")
+        a["researchers"] = list(people)
+        self.finish({"id": a["id"], "researchers": a["researchers"]})
 
 
 class Index(Base):
@@ -436,6 +463,7 @@ def make_app(
             (r"/api/v1/enclave/runs/upload_results", EnclaveUpload),
             (r"/api/v1/enclave/runs/completion", EnclaveCompletion),
             (r"/standin/records", Records),
+            (r"/standin/analyses/([^/]+)/researchers", Researchers),
         ],
         standin=state,
         template_path=str(TEMPLATES),

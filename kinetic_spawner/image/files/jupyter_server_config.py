@@ -19,6 +19,12 @@ c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
 c.MappingKernelManager.default_kernel_name = "ir"
 c.KernelSpecManager.allowed_kernelspecs = {"ir"}
 
+# Access follows Kinetic (kinetic_auth/access_review.py): the hub revokes a person's sign-in to this
+# workspace when Kinetic takes them off the analysis; the workspace asks the hub about a visitor's
+# token at most this many seconds after its last answer (JupyterHub's default is 300), so their
+# open session ends within the review's bound.
+c.HubOAuth.cache_max_age = 15
+
 # A kernel computing without printing is activity too (kinetic_busy_activity.py): otherwise the
 # hub's idle culler stops a workspace in the middle of a long computation.
 # jupyter-server-proxy's own extension is replaced by kinetic_named_proxy: named servers only, no

@@ -1,0 +1,138 @@
+"""Issue 7, attack 3: removal from an analysis in Kinetic removes access to its running workspace —
+the removed researcher's open session and a fresh sign-in both — within a stated bound, while the
+owner keeps working; signing out of Kinetic ends open workspace sessions too.
+
+A real hub, proxy, container workspaces and a Kinetic stand-in of their own (its memberships are
+changed here, as an analysis owner changes them in Kinetic)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from kinetic_auth.standin.seed import ADA, GRACE
+
+from .hub import running_hub
+from .support import running_standin
+
+REVIEW_SECONDS = 5  # the test hub's review period; the default is 15
+BOUND = 60  # what the README promises with the defaults
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory, workspace_image):
+    with running_standin(tmp_path_factory.mktemp("access-standin")) as standin:
+        with running_hub(
+            tmp_path_factory.mktemp("access-hub"),
+            standin,
+            env_overrides={"KINETIC_ACCESS_REVIEW_SECONDS": str(REVIEW_SECONDS)},
+        ) as hub:
+            yield standin, hub
+
+
+def contents_url(hub, owner=ADA, server="a-101"):
+    return f"{hub.url}/user/{owner}/{server}/api/contents/kinetic"
+
+
+def reaches(session: requests.Session, url: str) -> bool:
+    """The person's browser session reads the workspace's files (following any sign-in redirect)."""
+    r = session.get(url, timeout=30)
+    return r.status_code == 200 and r.url == url and '"main.r"' in r.text
+
+
+def seconds_until_refused(session, url, limit: float = BOUND + 30) -> float:
+    t0 = time.monotonic()
+    while reaches(session, url):
+        if time.monotonic() - t0 > limit:
+            raise AssertionError(f"still reaches {url} after {limit} s")
+        time.sleep(1)
+    return time.monotonic() - t0
+
+
+def test_a_researcher_removed_in_kinetic_loses_the_workspace_within_the_bound(setting):
+    standin, hub = setting
+    ada, grace = hub.browser_session(ADA), hub.browser_session(GRACE)
+    assert "/user/" in hub.open_analysis(ada, 101).url
+    assert "/user/" in hub.open_analysis(grace, 101).url  # Grace joins Ada's workspace
+    url = contents_url(hub)
+    assert reaches(ada, url) and reaches(grace, url)
+
+    try:
+        standin.set_researchers(101, [ADA])  # Ada removes Grace from the analysis in Kinetic
+        took = seconds_until_refused(grace, url)
+        assert took <= BOUND, took
+        print(f"Grace's open session refused {took:.1f} s after her removal in Kinetic")
+        # her share is gone, and a fresh sign-in is refused too (asked of Kinetic at the sign-in)
+        assert GRACE not in [
+            s["user"]["name"] for s in hub.api("GET", f"/shares/{ADA}/a-101").json()["items"]
+        ]
+        fresh = hub.browser_session(GRACE)
+        r = fresh.get(f"{hub.url}/user/{ADA}/a-101/lab", timeout=30)
+        assert r.status_code == 403 and "not a researcher on analysis 101" in r.text, (r.status_code, r.url)
+        assert not reaches(fresh, url)
+        assert hub.open_analysis(fresh, 101, wait=False).status_code == 404
+        # the owner works on, undisturbed
+        assert reaches(ada, url)
+        assert "a-101" in hub.servers(ADA)
+
+        # Kinetic adds her back: she opens the analysis again and is in
+        standin.set_researchers(101, [ADA, GRACE])
+        back = hub.browser_session(GRACE)
+        assert "/user/" in hub.open_analysis(back, 101).url
+        assert reaches(back, url)
+    finally:
+        standin.set_researchers(101, [ADA, GRACE])
+
+
+def test_a_fresh_sign_in_is_asked_of_kinetic_even_before_the_review_runs(setting):
+    """The share is still there (the review has not run yet): the sign-in itself asks Kinetic."""
+    standin, hub = setting
+    ada, grace = hub.browser_session(ADA), hub.browser_session(GRACE)
+    hub.open_analysis(ada, 101)
+    hub.open_analysis(grace, 101)
+    later = hub.browser_session(GRACE)  # a second browser, never signed in to the workspace
+    try:
+        standin.set_researchers(101, [ADA])
+        r = later.get(f"{hub.url}/user/{ADA}/a-101/lab", timeout=30)
+        assert r.status_code == 403, (r.status_code, r.url)
+    finally:
+        standin.set_researchers(101, [ADA, GRACE])
+
+
+def test_signing_out_of_kinetic_ends_open_workspace_sessions(setting):
+    standin, hub = setting
+    ada = hub.browser_session(ADA)
+    hub.open_analysis(ada, 102)
+    url = contents_url(hub, server="a-102")
+    assert reaches(ada, url)
+    standin.sign_out(ada)  # in Kinetic: the hub is not visited
+    took = seconds_until_refused(ada, url)
+    assert took <= BOUND, took
+    print(f"Ada's workspace session refused {took:.1f} s after she signed out of Kinetic")
+    assert "a-102" in hub.servers(ADA)  # the workspace runs on (a long computation is not lost)
+    again = hub.browser_session(ADA)
+    assert "/user/" in hub.open_analysis(again, 102).url and reaches(again, url)
+    hub.stop_workspace(ADA, "a-102")
+
+
+def test_an_owner_removed_in_kinetic_has_the_workspace_stopped_and_files_kept(setting, tmp_path):
+    standin, hub = setting
+    ada, grace = hub.browser_session(ADA), hub.browser_session(GRACE)
+    hub.open_analysis(ada, 101)
+    hub.open_analysis(grace, 101)
+    try:
+        standin.set_researchers(101, [GRACE])  # Grace takes Ada off the analysis
+        deadline = time.monotonic() + BOUND
+        while "a-101" in hub.servers(ADA):
+            assert time.monotonic() < deadline, "the removed owner's workspace still runs"
+            time.sleep(1)
+        home = hub.state_dir / "workspaces" / "101" / "kinetic" / "main.r"
+        assert home.exists()  # stopped, nothing lost
+        # Grace, still on the analysis, opens it again: her own workspace now, on the same home
+        assert f"/user/{GRACE}/a-101/" in hub.open_analysis(grace, 101).url
+        assert not reaches(ada, contents_url(hub, owner=GRACE))
+        hub.stop_workspace(GRACE, "a-101")
+    finally:
+        standin.set_researchers(101, [ADA, GRACE])
