@@ -299,6 +299,8 @@ def make_web_app(service: Service) -> web.Application:
     from jupyterhub.services.auth import HubOAuthCallbackHandler
     from jupyterhub.utils import url_path_join
 
+    from kinetic_auth.frame_headers import refuse_framing
+
     from . import api, pages
 
     p = service.prefix
@@ -307,7 +309,7 @@ def make_web_app(service: Service) -> web.Application:
         *[(url_path_join(p, path), handler) for path, handler in api.ROUTES],
         *[(url_path_join(p, path), handler) for path, handler in pages.ROUTES],
     ]
-    return web.Application(
+    app = web.Application(
         routes,
         enclave=service,
         template_path=str(HERE / "templates"),
@@ -316,6 +318,7 @@ def make_web_app(service: Service) -> web.Application:
         autoescape="xhtml_escape",
         static_path=None,
     )
+    return refuse_framing(app)  # every response, the OAuth callback and tornado's 404 included
 
 
 def main(argv=None):

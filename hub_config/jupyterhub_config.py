@@ -77,8 +77,18 @@ c.JupyterHub.named_server_limit_per_user = 0  # one per analysis; the analysis l
 # Workspaces outlive the hub: a hub restart or upgrade must not stop researchers' sessions.
 # (`make demo` sets KINETIC_STOP_WORKSPACES_ON_EXIT=1 so Ctrl-C leaves nothing running.)
 c.JupyterHub.cleanup_servers = env("KINETIC_STOP_WORKSPACES_ON_EXIT", "0") == "1"
-# /hub/analysis/<id> shows its own progress page at once instead of blocking up to 10 s.
-c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
+c.JupyterHub.tornado_settings = {
+    # /hub/analysis/<id> shows its own progress page at once instead of blocking up to 10 s.
+    "slow_spawn_timeout": 0,
+    # The hub's cookies (login, session id, XSRF; JupyterHub applies cookie_options to each) are not
+    # sent with requests other sites start, bar top-level links: Lax, because signing in arrives
+    # from Kinetic by a top-level redirect. (Secure follows the public URL's scheme: https in
+    # production, none for the demo's http.)
+    "cookie_options": {"samesite": "Lax"},
+    # JupyterHub's own Content-Security-Policy (frame-ancestors 'none'; kept: no
+    # Content-Security-Policy here) on every hub page; this for browsers without CSP level 2.
+    "headers": {"X-Frame-Options": "DENY"},
+}
 
 # -- who: Kinetic sign-in ------------------------------------------------------------------------
 c.JupyterHub.authenticator_class = "kinetic"

@@ -148,3 +148,36 @@ async def test_without_keys_the_hub_asks_kinetic_who_the_cookie_belongs_to(stand
         assert "no keys" in e.reason
     else:
         raise AssertionError("accepted a cookie with neither keys nor Kinetic to check it")
+
+
+def _set_cookies(resp) -> dict[str, dict[str, str]]:
+    """{name: {attribute (lower case): value}} of every Set-Cookie header of one response."""
+    out = {}
+    for header in resp.raw.headers.getlist("Set-Cookie"):
+        first, *attrs = [p.strip() for p in header.split(";")]
+        name = first.split("=", 1)[0]
+        out[name] = {a.split("=", 1)[0].lower(): (a.split("=", 1)[1] if "=" in a else "") for a in attrs}
+    return out
+
+
+def test_the_hubs_cookies_are_samesite_lax_and_httponly(hub, standin):
+    """A request another site starts (a form, an image, a fetch) carries none of the hub's cookies;
+    a top-level link does, which is how signing in arrives from Kinetic. Not Secure over the demo's
+    http (a Secure cookie would be dropped and nobody could sign in)."""
+    s = requests.Session()
+    standin.sign_in(s, ADA)
+    login = s.get(f"{hub.url}/hub/login", allow_redirects=False)
+    assert login.status_code == 302, login.status_code
+    cookies = _set_cookies(login)
+    assert {"jupyterhub-hub-login", "jupyterhub-session-id"} <= set(cookies), cookies
+    home = s.get(f"{hub.url}/hub/home", allow_redirects=False)
+    assert home.status_code == 200  # the session the cookies carry works
+    cookies.update(_set_cookies(home))  # the XSRF cookie (its forms)
+    assert "_xsrf" in cookies, cookies
+    for name, attrs in cookies.items():
+        if name == "oxa":
+            continue  # Kinetic's (the stand-in's) own
+        assert attrs.get("samesite", "").lower() == "lax", (name, attrs)
+        assert "secure" not in attrs, (name, attrs)
+        if name != "_xsrf":
+            assert "httponly" in attrs, (name, attrs)

@@ -1,12 +1,15 @@
-"""The hub pages' own logic without a hub: display names and the progress event stream."""
+"""The hub pages' own logic without a hub: display names and the progress event stream; and, on
+the real hub, that no hub page can be framed by another page."""
 
 import asyncio
 import json
 from types import SimpleNamespace
 
+import requests
 from jupyterhub.slugs import is_valid_display_name
 
 from kinetic_auth.handlers import GENERIC_FAILURE, AnalysisProgressHandler, display_name
+from kinetic_auth.standin.seed import ADA
 
 
 def test_display_names_are_the_title_made_valid_for_jupyterhub():
@@ -121,3 +124,32 @@ async def test_a_slow_start_gets_keepalives_and_nothing_blocks():
     await h.stream(spawner)
     t.cancel()
     assert None in h.sent and h.sent[-1]["ready"] and ticks > 30
+
+
+def test_no_hub_page_can_be_framed(hub):
+    """Our pages (sign-in, home, an analysis, its progress, the old editor link, sign-out) and
+    JupyterHub's own (a page, the API, its 404) all carry JupyterHub's Content-Security-Policy with
+    frame-ancestors 'none' — not replaced by a weaker one — and X-Frame-Options for old browsers."""
+    u = hub.url
+    answers = [
+        requests.get(f"{u}/hub/home", allow_redirects=False),  # not signed in: off to sign in
+        requests.get(f"{u}/hub/login", allow_redirects=False),  # no Kinetic cookie: off to Kinetic
+        requests.get(f"{u}/editor/"),
+    ]
+    s = hub.browser_session(ADA)
+    answers += [
+        s.get(f"{u}/hub/home"),
+        s.get(f"{u}/hub/analysis/103", allow_redirects=False),  # Grace's alone: refused, in words
+        s.get(f"{u}/hub/analysis/103/progress"),
+        s.post(f"{u}/hub/analysis/103"),  # no XSRF token, no such method
+        s.get(f"{u}/hub/token"),
+        s.get(f"{u}/hub/api/user"),
+        s.get(f"{u}/hub/no/such/page"),
+        s.get(f"{u}/hub/logout", allow_redirects=False),
+    ]
+    assert {r.status_code for r in answers} >= {200, 302, 404}
+    for r in answers:
+        where = (r.request.method, r.request.url, r.status_code)
+        policy = [d.strip() for d in r.headers.get("Content-Security-Policy", "").split(";")]
+        assert "frame-ancestors 'none'" in policy, (where, policy)
+        assert r.headers.get("X-Frame-Options") == "DENY", where

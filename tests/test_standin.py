@@ -186,6 +186,61 @@ def test_every_return_link_resolves_to_an_allowed_origin_as_a_browser_would(stan
         )
 
 
+def test_no_response_of_the_standin_can_be_framed(standin):
+    """Every kind of answer — pages, API, redirects, refusals, tornado's own 404 — tells browsers
+    never to show it inside another page (clickjacking on Kinetic's sign-in)."""
+    key = ensure_standin_keys(standin.state_dir).enclave_key
+    u = standin.url
+    answers = [
+        requests.get(f"{u}/"),
+        requests.get(f"{u}/accounts/login"),
+        requests.post(f"{u}/accounts/login", data={"uuid": ADA, "r": "/"}, allow_redirects=False),
+        requests.post(f"{u}/accounts/login", data={"uuid": "nobody"}),
+        requests.get(f"{u}/accounts/logout", allow_redirects=False),
+        requests.get(f"{u}/accounts/api/user"),
+        requests.get(f"{u}/api/v1/researcher/analysis"),
+        requests.get(f"{u}/api/v1/researcher/analysis/101"),
+        requests.get(f"{u}/api/v1/researcher/responses/nokey"),
+        requests.get(f"{u}/api/v1/researcher/responses/101/info"),
+        requests.get(f"{u}/data/101/synthetic/2026-01-01/00/responses.csv"),
+        requests.post(f"{u}/api/v1/enclave/runs", json={}),
+        requests.post(
+            f"{u}/api/v1/enclave/runs", json={"analysis_id": 999}, headers={"Authorization": f"Bearer {key}"}
+        ),
+        requests.get(f"{u}/standin/records"),
+        requests.get(f"{u}/no/such/page"),
+        requests.head(f"{u}/accounts/login"),
+    ]
+    s = requests.Session()
+    standin.sign_in(s, ADA)
+    answers.append(s.get(f"{u}/api/v1/researcher/analysis/101"))
+    assert {r.status_code for r in answers} >= {200, 302, 400, 401, 404, 405}
+    for r in answers:
+        where = (r.request.method, r.request.url, r.status_code)
+        assert r.headers.get("Content-Security-Policy") == "frame-ancestors 'none'", where
+        assert r.headers.get("X-Frame-Options") == "DENY", where
+
+
+def test_a_handlers_own_policy_keeps_its_directives_and_gains_frame_ancestors():
+    from tornado.httputil import HTTPHeaders
+
+    from kinetic_auth.frame_headers import NoFraming
+
+    def sent(headers):
+        return NoFraming(None).transform_first_chunk(200, HTTPHeaders(headers), b"x", True)[1]
+
+    h = sent({"Content-Security-Policy": "sandbox;"})
+    assert h["Content-Security-Policy"] == "sandbox; frame-ancestors 'none'"
+    h = sent(
+        {
+            "Content-Security-Policy": "default-src 'none'; frame-ancestors 'self'",
+            "X-Frame-Options": "SAMEORIGIN",
+        }
+    )
+    assert h["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'self'"  # its own choice
+    assert h["X-Frame-Options"] == "SAMEORIGIN"
+
+
 def test_membership_changes_want_the_records_token_and_take_effect(standin):
     url = f"{standin.url}/standin/analyses/101/researchers"
     for headers in ({}, {"Authorization": "Bearer nope"}):

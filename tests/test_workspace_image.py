@@ -105,8 +105,19 @@ import json, subprocess, time, urllib.error, urllib.request
 srv = subprocess.Popen(["jupyter-server", "--ServerApp.token=probe", "--ip=127.0.0.1",
                         "--port=8888", "--no-browser"],
                        stdout=subprocess.DEVNULL, stderr=open("/tmp/server.log", "w"))
-def call(path, method="GET", body=None):
-    req = urllib.request.Request("http://127.0.0.1:8888" + path, method=method,
+# what a researcher's code can start in their kernel: a listener on a port of the workspace that
+# answers every path (so a refusal below is the proxy's, not a missing page of the listener)
+LISTENER = (
+    "import http.server\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers(); self.wfile.write(b'researcher listener')\n"
+    "http.server.HTTPServer(('127.0.0.1', 9123), H).serve_forever()\n"
+)
+listener = subprocess.Popen(["python3", "-c", LISTENER],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def call(path, method="GET", body=None, origin="http://127.0.0.1:8888"):
+    req = urllib.request.Request(origin + path, method=method,
                                  data=None if body is None else json.dumps(body).encode(),
                                  headers={"Authorization": "token probe"})
     try:
@@ -131,7 +142,14 @@ try:
     out["kernel"] = kernel["name"]
     call("/api/kernels/" + kernel["id"], "DELETE")
     out["rstudio"] = call("/rstudio/")
+    out["listener"] = call("/listener.html", origin="http://127.0.0.1:9123")  # it is up
+    out["proxied"] = {
+        path: call(path)
+        for path in ("/proxy/9123/listener.html", "/proxy/absolute/9123/listener.html",
+                     "/proxy/localhost:9123/listener.html", "/proxy/127.0.0.1:9123/listener.html")
+    }
 finally:
+    listener.terminate()
     srv.terminate()
     srv.wait(20)
 print("PROBE " + json.dumps(out))
@@ -176,6 +194,21 @@ def test_rstudio_is_offered_and_answers_where_rserver_exists(workspace_image, tm
     status, body = out["rstudio"]
     assert status == 200 and "RStudio (test stand-in)" in body
     assert out["kernelspecs"]["default"] == "ir"
+
+
+@needs_podman
+def test_no_port_but_the_named_servers_is_proxied(workspace_image, tmp_path):
+    """Issue 7, attack 1: a listener that a researcher's code starts in a shared workspace is not a
+    page on the workspace's URL, so a co-researcher who opens it sends it nothing; RStudio still is."""
+    out = probe_server(
+        workspace_image, make_home(tmp_path), ["-v", f"{FAKE_RSERVER}:/usr/local/bin/rserver:ro"]
+    )
+    assert out["listener"] == [200, "researcher listener"]  # reachable inside the workspace …
+    for path, (status, body) in out["proxied"].items():  # … but not through the workspace server
+        assert status in (403, 404) and "researcher listener" not in body, (path, status)
+    status, body = out["rstudio"]
+    assert status == 200 and "RStudio (test stand-in)" in body
+    assert [s["name"] for s in out["servers"]["server_processes"]] == ["rstudio"]
 
 
 @needs_podman

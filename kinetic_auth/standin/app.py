@@ -25,6 +25,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 
 from .. import cookie as sso
+from ..frame_headers import refuse_framing
 from ..keys import _write_secret, ensure_standin_keys
 from .seed import default_seed
 
@@ -446,7 +447,7 @@ def make_app(
     return_hosts: tuple = ("127.0.0.1", "localhost"),
 ) -> web.Application:
     state = StandinState(seed, Path(state_dir), public_url, cookie_name)
-    return web.Application(
+    app = web.Application(
         [
             (r"/", Index),
             (r"/accounts/login", LoginPage),
@@ -468,6 +469,7 @@ def make_app(
         template_path=str(TEMPLATES),
         return_hosts=set(return_hosts),
     )
+    return refuse_framing(app)  # as Kinetic's own pages: never framed
 
 
 def main(argv=None):

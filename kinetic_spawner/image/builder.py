@@ -209,6 +209,7 @@ def context_files() -> dict[str, tuple[bytes, int]]:
     add("opt/bin/kinetic-fetch-data", HERE / "files" / "kinetic-fetch-data", 0o755)
     add("jupyter/jupyter_server_config.py", HERE / "files" / "jupyter_server_config.py")
     add("jupyter/kinetic_busy_activity.py", HERE / "files" / "kinetic_busy_activity.py")
+    add("jupyter/kinetic_named_proxy.py", HERE / "files" / "kinetic_named_proxy.py")
     add("jupyter/overrides.json", SPAWNER.parent / "rstudio_patch" / "jupyterlab-overrides.json")
     return files
 

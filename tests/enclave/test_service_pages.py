@@ -1,7 +1,9 @@
 """The enclave's pages in headless Chromium: the researcher's run page (timeline), the reviewers'
-queue and review page (CSV preview escaped; the review form works with the hub's XSRF token)."""
+queue and review page (CSV preview escaped; the review form works with the hub's XSRF token).
+No answer of the service can be framed by another page."""
 
 import pytest
+import requests
 
 from enclave_service.archive import create_archive_sync
 from kinetic_auth.standin.seed import ADA, ROSALIND
@@ -111,3 +113,43 @@ def test_reviewer_queue_and_escaped_csv_preview(browser, enclave_hub, review_run
         ) == [(ROSALIND, "approve")]
     finally:
         ctx.close()
+
+
+def test_no_answer_of_the_enclave_can_be_framed(enclave_hub, review_run):
+    """Every kind of answer — pages, API, downloads, redirects to sign in, refusals, the OAuth
+    callback, tornado's own 404 — tells browsers never to show it inside another page: a page a
+    researcher's code serves (same origin as the enclave today) cannot frame a reviewer's review
+    page and trick the approving click."""
+    run_id = review_run["id"]
+    url = enclave_hub.service_url
+    answers = [
+        requests.get(url, allow_redirects=False),  # not signed in: off to the hub's OAuth
+        requests.get(url + "api/runs"),
+        requests.get(url + "oauth_callback"),
+        requests.get(url + "no/such/page"),
+        enclave_hub.metrics(),
+        enclave_hub.metrics(token=""),
+    ]
+    for uuid, method, path in [
+        (ADA, "GET", ""),
+        (ADA, "GET", f"runs/{run_id}"),
+        (ADA, "GET", "runs/no-such-run"),
+        (ADA, "POST", "runs/no-such-run/withdraw"),
+        (ADA, "GET", "review/"),
+        (ROSALIND, "GET", "review/"),
+        (ROSALIND, "GET", f"review/{run_id}"),
+        (ROSALIND, "POST", "review/no-such-run"),
+        (ADA, "GET", "api/runs"),
+        (ADA, "GET", f"api/runs/{run_id}"),
+        (ADA, "GET", f"api/runs/{run_id}/review"),
+        (ADA, "POST", f"api/runs/{run_id}/review"),
+        (ADA, "POST", "api/runs/no-such-run/withdraw"),
+        (ADA, "GET", f"api/runs/{run_id}/download"),
+        (ADA, "GET", "no/such/page"),
+    ]:
+        answers.append(enclave_hub.call(uuid, method, path, allow_redirects=False))
+    assert {r.status_code for r in answers} >= {200, 302, 403, 404, 405}
+    for r in answers:
+        where = (r.request.method, r.request.url, r.status_code)
+        assert r.headers.get("Content-Security-Policy") == "frame-ancestors 'none'", where
+        assert r.headers.get("X-Frame-Options") == "DENY", where
