@@ -510,3 +510,88 @@ def test_caddy_from_deploy_terminates_tls_in_front_of_the_hub(deployed, tmp_path
         assert status.status_code == 200, status.text[:300]
     finally:
         stop_process(caddy)
+
+
+ECHO_SERVER = """
+import http.server, json, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"path": self.path, "cookies": self.headers.get_all("Cookie") or []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+"""
+
+
+@pytest.mark.skipif(shutil.which("caddy") is None, reason="Caddy is not installed (apt-get install caddy)")
+def test_caddy_from_deploy_keeps_sign_in_cookies_from_workspaces(tmp_path):
+    """Issue 7: in production Kinetic's cookie is domain-wide, so the browser sends it to every
+    path of the hub's domain. deploy/Caddyfile removes it (and the hub's login cookie) from every
+    request that is not for /hub/, whatever else the Cookie header holds; the workspace's own
+    cookies pass. An echo server stands where the proxy would be and reports what arrived."""
+    echo_port, tls_port = free_port(), free_port()
+    (tmp_path / "echo.py").write_text(ECHO_SERVER)
+    echo = start_process([sys.executable, str(tmp_path / "echo.py"), str(echo_port)], tmp_path / "echo.log")
+    wrapper = tmp_path / "Caddyfile"
+    wrapper.write_text(
+        "{\n\tadmin off\n\tskip_install_trust\n"
+        f"\thttp_port {free_port()}\n\thttps_port {tls_port}\n}}\n"
+        f"import {DEPLOY / 'Caddyfile'}\n"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "KINETIC_DOMAIN": "localhost",
+        "KINETIC_HUB_PORT": str(echo_port),
+        "KINETIC_COOKIE_NAME": "oxa",
+    }
+    caddy = start_process(
+        ["caddy", "run", "--adapter", "caddyfile", "--config", str(wrapper)], tmp_path / "caddy.log", env=env
+    )
+    base = f"https://localhost:{tls_port}"
+
+    def arrived(path: str, cookie: str) -> str:
+        r = requests.get(base + path, headers={"Cookie": cookie}, verify=False, timeout=10)
+        assert r.status_code == 200, r.text[:300]
+        return "; ".join(r.json()["cookies"])
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(base + "/hub/api", verify=False, timeout=5)
+                break
+            except requests.RequestException:
+                assert caddy.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "caddy.log"
+                ).read_text()
+                time.sleep(0.2)
+        ws = "jupyterhub-user-ada-a-101=W; _xsrf=X"
+        for cookie in (
+            f"oxa=KINETIC; {ws}",
+            f"{ws}; oxa=KINETIC",
+            f"a=1; oxa=KINETIC; jupyterhub-hub-login=HUB; {ws}",
+            f"__Host-oxa=KINETIC; {ws}; jupyterhub-hub-login=HUB",
+        ):
+            for path in (
+                "/user/ada/a-101/api/contents",
+                "/user/ada/a-101/rstudio/",
+                "/hub/../user/ada/a-101/",
+                "/services/enclave/",
+            ):
+                got = arrived(path, cookie)
+                assert "KINETIC" not in got and "HUB" not in got, (path, cookie, got)
+                assert "jupyterhub-user-ada-a-101=W" in got and "_xsrf=X" in got, (path, got)
+            # the hub itself still reads both (sign-in from Kinetic, the hub's own session)
+            got = arrived("/hub/login", cookie)
+            assert "KINETIC" in got, got
+        assert "oxa=KINETIC" not in arrived("/user/ada/a-101/", "oxa=KINETIC")
+    finally:
+        stop_process(caddy)
+        stop_process(echo)
