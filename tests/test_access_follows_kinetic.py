@@ -7,14 +7,18 @@ changed here, as an analysis owner changes them in Kinetic)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 import requests
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
 
 from kinetic_auth.standin.seed import ADA, GRACE
 
 from .hub import running_hub
+from .kernel import Kernel
 from .support import running_standin
 
 REVIEW_SECONDS = 5  # the test hub's review period; the default is 15
@@ -136,3 +140,46 @@ def test_an_owner_removed_in_kinetic_has_the_workspace_stopped_and_files_kept(se
         hub.stop_workspace(GRACE, "a-101")
     finally:
         standin.set_researchers(101, [ADA, GRACE])
+
+
+def test_an_open_kernel_connection_ends_when_kinetic_removes_its_researcher(setting):
+    """A websocket is checked once, when it opens: the workspace re-checks open connections with
+    the hub (kinetic_session_check in the image) and closes the removed researcher's."""
+    standin, hub = setting
+    ada, grace = hub.browser_session(ADA), hub.browser_session(GRACE)
+    hub.open_analysis(ada, 101)
+    hub.open_analysis(grace, 101)
+    server = f"{hub.url}/user/{ADA}/a-101/"
+    # a token Grace made for this workspace (what her browser's sign-in is, minus the cookie jar)
+    made = hub.api(
+        "POST",
+        f"/users/{GRACE}/tokens",
+        json={"scopes": [f"access:servers!server={ADA}/a-101"], "expires_in": 900, "note": "grace's"},
+    )
+    assert made.status_code == 201, made.text
+    headers = {"Authorization": f"token {made.json()['token']}"}
+    kernel = Kernel(server, made.json()["token"])
+    assert kernel.run("cat(6 * 7)").stdout == "42"
+
+    async def seconds_until_closed() -> tuple[float, int | None]:
+        url = server.replace("http", "ws", 1) + f"api/kernels/{kernel.id}/channels"
+        conn = await websocket_connect(HTTPRequest(url, headers=headers))
+        standin.set_researchers(101, [ADA])
+        t0 = time.monotonic()
+        while await asyncio.wait_for(conn.read_message(), timeout=BOUND + 30) is not None:
+            pass  # status messages; None = the server closed the connection
+        return time.monotonic() - t0, conn.close_code
+
+    try:
+        took, code = asyncio.run(seconds_until_closed())
+    finally:
+        standin.set_researchers(101, [ADA, GRACE])
+    assert took <= BOUND and code == 4403, (took, code)
+    print(f"Grace's open kernel connection closed {took:.1f} s after her removal in Kinetic")
+    # Ada's kernel connection (the same kernel) works on
+    assert (
+        Kernel(server, hub.api("POST", f"/users/{ADA}/tokens", json={"expires_in": 300}).json()["token"])
+        .run("cat(1 + 1)")
+        .stdout
+        == "2"
+    )

@@ -210,6 +210,7 @@ def context_files() -> dict[str, tuple[bytes, int]]:
     add("jupyter/jupyter_server_config.py", HERE / "files" / "jupyter_server_config.py")
     add("jupyter/kinetic_busy_activity.py", HERE / "files" / "kinetic_busy_activity.py")
     add("jupyter/kinetic_named_proxy.py", HERE / "files" / "kinetic_named_proxy.py")
+    add("jupyter/kinetic_session_check.py", HERE / "files" / "kinetic_session_check.py")
     add("jupyter/overrides.json", SPAWNER.parent / "rstudio_patch" / "jupyterlab-overrides.json")
     return files
 

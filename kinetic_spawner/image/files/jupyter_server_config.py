@@ -6,6 +6,8 @@
   4.6's kernel dialog for a console on ``main.r`` ignores the server's default kernel and, finding
   no kernel whose language matches the editor's exactly, preselected the first one, Python.
 * A busy kernel counts as activity for the idle culler (``kinetic_busy_activity``).
+* Access follows Kinetic: visitors' tokens are re-checked with the hub every 15 s, open
+  connections too (``kinetic_session_check``).
 * RStudio (jupyter-rsession-proxy) is registered only where an ``rserver`` exists, found the way
   jupyter-rsession-proxy itself looks for it. The image drops the proxy's entry point, which
   would otherwise always add an RStudio launcher tile that leads to a bare 500 page.
@@ -33,6 +35,9 @@ c.ServerApp.jpserver_extensions = {
     "kinetic_busy_activity": True,
     "jupyter_server_proxy": False,
     "kinetic_named_proxy": True,
+    # open kernel/terminal/RStudio connections are re-checked with the hub on the same period as
+    # the token cache above, and closed when the hub no longer accepts their sign-in here
+    "kinetic_session_check": True,
 }
 
 
