@@ -183,3 +183,24 @@ def test_an_open_kernel_connection_ends_when_kinetic_removes_its_researcher(sett
         .stdout
         == "2"
     )
+
+
+def test_signing_out_of_the_hub_ends_open_workspace_sessions(setting):
+    """The hub's sign-out ends the Kinetic session too (it sends the browser on to Kinetic's), and
+    JupyterHub deletes the sign-ins made in that hub session: even a copy of the workspace's login
+    cookie (kept by code that saw it, or another tab) is refused at the workspace's next token check."""
+    standin, hub = setting
+    ada = hub.browser_session(ADA)
+    hub.open_analysis(ada, 102)
+    url = contents_url(hub, server="a-102")
+    assert reaches(ada, url)
+    copy = requests.Session()
+    copy.cookies.update({c.name: c.value for c in ada.cookies if c.name.startswith("jupyterhub-user-")})
+    assert reaches(copy, url)
+    r = ada.get(f"{hub.url}/hub/logout", timeout=30)  # follows on to Kinetic's sign-out
+    assert "oxa" not in ada.cookies, r.url
+    assert seconds_until_refused(ada, url) <= BOUND
+    took = seconds_until_refused(copy, url)
+    assert took <= BOUND, took
+    print(f"a copy of Ada's workspace login refused {took:.1f} s after she signed out of the hub")
+    hub.stop_workspace(ADA, "a-102")
