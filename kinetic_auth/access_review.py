@@ -184,14 +184,18 @@ class AccessReview(LoggingConfigurable):
         return Finding(owner, server, person, answer, "revoked")
 
     async def revoke_sign_ins(self, person: str, owner: str, server: str) -> int:
-        """Delete ``person``'s tokens that give access to owner's ``server`` (its OAuth sign-ins, and
-        any token they made for it). Done before the share goes: a token's scopes are only listed
-        while its owner still holds them."""
+        """Delete ``person``'s sign-ins to owner's ``server``: the OAuth tokens its login made for
+        them and, for a co-researcher, any token they made carrying access to it. Never the owner's
+        other tokens: the workspace's own API token is the owner's and carries that access too (the
+        workspace reports activity and signs visitors in with it). Done before the share goes: a
+        token's scopes are only listed while its owner still holds them."""
         scope = f"access:servers!server={owner}/{server}"
         path = f"/user/{owner}/{server}/"
         count = 0
         for token in await self.api.tokens(person):
-            if scope in token.get("scopes", []) or path in (token.get("oauth_client") or ""):
+            signed_in_there = path in (token.get("oauth_client") or "")
+            made_for_it = person != owner and scope in token.get("scopes", [])
+            if signed_in_there or made_for_it:
                 await self.api.revoke_token(person, token["id"])
                 count += 1
         return count

@@ -116,6 +116,12 @@ def test_signing_out_of_kinetic_ends_open_workspace_sessions(setting):
     assert took <= BOUND, took
     print(f"Ada's workspace session refused {took:.1f} s after she signed out of Kinetic")
     assert "a-102" in hub.servers(ADA)  # the workspace runs on (a long computation is not lost)
+    # and keeps its own API token (the owner's, with access to it: activity reports, visitors' sign-ins)
+    kept = hub.api("GET", f"/users/{ADA}/tokens").json()["api_tokens"]
+    assert any(
+        f"access:servers!server={ADA}/a-102" in t["scopes"] and "/a-102/" not in (t["oauth_client"] or "")
+        for t in kept
+    ), kept
     again = hub.browser_session(ADA)
     assert "/user/" in hub.open_analysis(again, 102).url and reaches(again, url)
     hub.stop_workspace(ADA, "a-102")

@@ -39,6 +39,8 @@ class HubInMemory:
             ]
             for p in (ADA, GRACE, KATHERINE)
         }
+        # the workspace's own API token: the owner's, with access to it too, made by JupyterHub
+        self.tokens_of[ADA].append({"id": "server", "scopes": [scope], "oauth_client": "JupyterHub"})
         self.done: list[tuple] = []
 
     async def active_servers_all(self):
@@ -118,7 +120,7 @@ async def test_signed_out_of_kinetic_ends_sign_ins_but_not_the_owners_workspace(
     hub = HubInMemory(sign_ins, shared=())
     findings = await review_with(kinetic.url, hub).review()
     assert [(f.person, f.answer, f.action) for f in findings] == [(ADA, SIGNED_OUT, "revoked")]
-    assert hub.done == [("revoke token", ADA, f"{ADA}-oauth")]
+    assert hub.done == [("revoke token", ADA, f"{ADA}-oauth")]  # her sign-in, not the server's token
     assert hub.servers == {(ADA, "a-101")}
 
 
