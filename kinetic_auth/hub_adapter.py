@@ -18,6 +18,9 @@ analysis since the share was made, so ``WorkspaceLoginCheck`` stands in front of
 handler for ``/hub/api/oauth2/authorize`` (our authenticator's routes come before JupyterHub's): for a
 workspace's OAuth client it asks Kinetic, fresh, whether the person is on the analysis, refuses if not
 (or if Kinetic cannot say), and otherwise lets JupyterHub's handler do everything else unchanged.
+It first re-checks the browser's Kinetic sign-in (the authenticator's ``refresh_user``, now rather than
+at the hub's refresh age), so a researcher signed out of Kinetic is sent to sign in again rather than
+let in on the hub's session.
 
 ``tests/test_hub_adapter.py`` calls JupyterHub's own authorization check with this adapter's effect,
 and checks the route and the client lookup the login check relies on; it fails when a JupyterHub
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 from jupyterhub.apihandlers.auth import OAuthAuthorizeHandler
 from tornado import web
+from tornado.httputil import url_concat
 
 from kinetic_spawner import slugs
 
@@ -82,6 +86,16 @@ class WorkspaceLoginCheck(OAuthAuthorizeHandler):
 
     @web.authenticated
     async def get(self):
+        # The browser's Kinetic sign-in is checked now, not at the hub's usual refresh age: signed out
+        # of Kinetic → sign in again and come back; a renewed cookie → kept, and asked with below.
+        user = self.current_user
+        refreshed = await self.authenticator.refresh_user(user, self)
+        if not refreshed:
+            self.clear_login_cookie()  # the hub session ends with Kinetic's
+            self.redirect(url_concat(self.get_login_url(), {"next": self.request.uri}))
+            return
+        if isinstance(refreshed, dict) and refreshed.get("auth_state") is not None:
+            await user.save_auth_state(refreshed["auth_state"])
         why = await self.refusal()
         if why:
             self.log.warning("Workspace sign-in refused for %s: %s", self.current_user.name, why)
