@@ -5,8 +5,6 @@ tests/test_access_follows_kinetic.py."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import requests
 
@@ -133,14 +131,6 @@ async def test_an_owner_not_on_the_analysis_has_the_workspace_stopped(kinetic):
         kinetic.set_researchers(101, [ADA, GRACE])
     assert (ADA, NOT_ON_ANALYSIS, "stopped") in {(f.person, f.answer, f.action) for f in findings}
     assert ("stop", ADA, "a-101") in hub.done and hub.servers == set()
-
-
-@pytest.fixture
-def silent_kinetic():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(64)
-        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 async def test_kinetic_unreachable_never_means_yes(kinetic, silent_kinetic):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -238,15 +237,6 @@ def standin_only(tmp_path_factory):
     """The Kinetic stand-in alone (no workspace image: these tests run no container)."""
     with running_standin(tmp_path_factory.mktemp("fast-standin")) as s:
         yield s
-
-
-@pytest.fixture
-def silent_kinetic():
-    """An address that accepts connections and never answers: Kinetic hanging."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(64)
-        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def provision_processes(home: Path) -> list[int]:

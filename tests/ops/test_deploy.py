@@ -454,20 +454,13 @@ def test_a_killed_hub_restarted_ends_with_exactly_one_of_each_managed_service(de
     assert "Address already in use" not in seen["log"]
 
 
-@pytest.mark.skipif(
-    shutil.which("caddy") is None,
-    reason="Caddy is not installed (apt-get install caddy; add it to APT_PACKAGES to run this)",
-)
-def test_caddy_from_deploy_terminates_tls_in_front_of_the_hub(deployed, tmp_path):
-    """deploy/Caddyfile with the hub's environment file (as the caddy.service drop-in gives it):
-    HTTPS in front of the proxy; the hub sees https (sign-in return links), a workspace answers."""
-    hub, _ = deployed
-    site_env = read_environment_file(hub.site.etc / "hub.env")
+def start_caddy_from_deploy(tmp_path: Path, tls_port: int, site_env: dict[str, str]):
+    """Caddy running deploy/Caddyfile with the site's environment (as the caddy.service drop-in gives
+    it), plus test-only global options: no admin endpoint, free ports, no system trust store."""
     wrapper = tmp_path / "Caddyfile"
-    # test-only global options: no admin endpoint, free ports, no system trust store
     wrapper.write_text(
         "{\n\tadmin off\n\tskip_install_trust\n"
-        f"\thttp_port {free_port()}\n\thttps_port {hub.tls_port}\n}}\n"
+        f"\thttp_port {free_port()}\n\thttps_port {tls_port}\n}}\n"
         f"import {DEPLOY / 'Caddyfile'}\n"
     )
     env = {
@@ -477,24 +470,38 @@ def test_caddy_from_deploy_terminates_tls_in_front_of_the_hub(deployed, tmp_path
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         **site_env,
     }
-    caddy = start_process(
+    return start_process(
         ["caddy", "run", "--adapter", "caddyfile", "--config", str(wrapper)],
         tmp_path / "caddy.log",
         env=env,
         cwd=tmp_path,
     )
+
+
+def first_answer(caddy, url: str, log: Path, timeout: float = 30) -> requests.Response:
+    """Caddy's first answer at ``url`` (it takes a moment to make its certificate and listen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return requests.get(url, verify=False, timeout=5)
+        except requests.RequestException:
+            assert caddy.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+
+@pytest.mark.skipif(
+    shutil.which("caddy") is None,
+    reason="Caddy is not installed (apt-get install caddy; add it to APT_PACKAGES to run this)",
+)
+def test_caddy_from_deploy_terminates_tls_in_front_of_the_hub(deployed, tmp_path):
+    """deploy/Caddyfile with the hub's environment file (as the caddy.service drop-in gives it):
+    HTTPS in front of the proxy; the hub sees https (sign-in return links), a workspace answers."""
+    hub, _ = deployed
+    site_env = read_environment_file(hub.site.etc / "hub.env")
+    caddy = start_caddy_from_deploy(tmp_path, hub.tls_port, site_env)
     base = f"https://localhost:{hub.tls_port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                api = requests.get(f"{base}/hub/api", verify=False, timeout=5)
-                break
-            except requests.RequestException:
-                assert caddy.poll() is None and time.monotonic() < deadline, (
-                    tmp_path / "caddy.log"
-                ).read_text()
-                time.sleep(0.2)
+        api = first_answer(caddy, f"{base}/hub/api", tmp_path / "caddy.log")
         assert api.status_code == 200 and "version" in api.json()
         assert api.headers.get("Strict-Transport-Security", "").startswith("max-age=")
         login = requests.get(f"{base}/hub/login", verify=False, allow_redirects=False, timeout=10)
@@ -536,23 +543,10 @@ def test_caddy_from_deploy_keeps_sign_in_cookies_from_workspaces(tmp_path):
     echo_port, tls_port = free_port(), free_port()
     (tmp_path / "echo.py").write_text(ECHO_SERVER)
     echo = start_process([sys.executable, str(tmp_path / "echo.py"), str(echo_port)], tmp_path / "echo.log")
-    wrapper = tmp_path / "Caddyfile"
-    wrapper.write_text(
-        "{\n\tadmin off\n\tskip_install_trust\n"
-        f"\thttp_port {free_port()}\n\thttps_port {tls_port}\n}}\n"
-        f"import {DEPLOY / 'Caddyfile'}\n"
-    )
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "XDG_DATA_HOME": str(tmp_path / "data"),
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "KINETIC_DOMAIN": "localhost",
-        "KINETIC_HUB_PORT": str(echo_port),
-        "KINETIC_COOKIE_NAME": "oxa",
-    }
-    caddy = start_process(
-        ["caddy", "run", "--adapter", "caddyfile", "--config", str(wrapper)], tmp_path / "caddy.log", env=env
+    caddy = start_caddy_from_deploy(
+        tmp_path,
+        tls_port,
+        {"KINETIC_DOMAIN": "localhost", "KINETIC_HUB_PORT": str(echo_port), "KINETIC_COOKIE_NAME": "oxa"},
     )
     base = f"https://localhost:{tls_port}"
 
@@ -562,16 +556,7 @@ def test_caddy_from_deploy_keeps_sign_in_cookies_from_workspaces(tmp_path):
         return "; ".join(r.json()["cookies"])
 
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(base + "/hub/api", verify=False, timeout=5)
-                break
-            except requests.RequestException:
-                assert caddy.poll() is None and time.monotonic() < deadline, (
-                    tmp_path / "caddy.log"
-                ).read_text()
-                time.sleep(0.2)
+        first_answer(caddy, f"{base}/hub/api", tmp_path / "caddy.log")
         ws = "jupyterhub-user-ada-a-101=W; _xsrf=X"
         for cookie in (
             f"oxa=KINETIC; {ws}",
