@@ -324,3 +324,62 @@ def test_a_fork_bomb_stays_inside_its_workspace(hub, grace):
         time.sleep(1)
     assert uid_1010_tasks() <= before
     assert (hub.state_dir / "workspaces" / "101" / "kinetic" / "main.r").exists()
+
+
+LISTENER = """
+import http.server, json, sys
+class Heard(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open("/tmp/heard.jsonl", "a") as f:
+            f.write(json.dumps({"path": self.path, "headers": dict(self.headers)}) + "\\n")
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"LISTENER-BODY")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("0.0.0.0", 9123), Heard).serve_forever()
+"""
+
+
+def test_a_listener_in_a_shared_workspace_hears_nothing_from_a_visitor(hub, ada):
+    """Issue 7, attack 1 as written: Ada's code listens on a port inside analysis 101's workspace;
+    Grace joins 101 and opens the port through the workspace's proxy. The proxy serves named
+    servers only, so nothing of Grace's request (her Kinetic cookie above all) reaches the code."""
+    started = python_in_workspace(
+        ada,
+        f"import json, subprocess\nopen('/tmp/listen.py', 'w').write({LISTENER!r})\n"
+        "p = subprocess.Popen(['python3', '/tmp/listen.py'], start_new_session=True,\n"
+        "                     stdout=subprocess.DEVNULL, stderr=open('/tmp/listen.err', 'w'))\n"
+        "print(json.dumps({'pid': p.pid}))\n",
+    )
+    assert started["pid"] > 0
+    alive = python_in_workspace(
+        ada,
+        "import json, time, urllib.request\n"
+        "body, err = '', ''\n"
+        "for _ in range(50):\n"
+        "    try:\n"
+        "        body = urllib.request.urlopen('http://127.0.0.1:9123/self-check', timeout=5).read().decode()\n"
+        "        break\n"
+        "    except Exception as e:\n"
+        "        err = repr(e)\n"
+        "        time.sleep(0.2)\n"
+        "print(json.dumps({'body': body, 'err': err + open('/tmp/listen.err').read()}))\n",
+    )
+    assert alive["body"] == "LISTENER-BODY", alive  # the listener runs and answers inside the workspace
+
+    grace = hub.browser_session(GRACE)
+    assert f"/user/{ADA}/a-101/" in hub.open_analysis(grace, 101).url  # she joins Ada's workspace
+    assert grace.cookies.get("oxa")  # her browser holds her Kinetic sign-in
+    for route in ("proxy/9123/", "proxy/absolute/9123/", "proxy/localhost:9123/", "proxy/127.0.0.1:9123/"):
+        r = grace.get(f"{hub.url}/user/{ADA}/a-101/{route}", timeout=30)
+        assert r.status_code in (403, 404) and "LISTENER-BODY" not in r.text, (route, r.status_code)
+
+    heard = python_in_workspace(
+        ada,
+        "import json, os\n"
+        "lines = open('/tmp/heard.jsonl').read().splitlines() if os.path.exists('/tmp/heard.jsonl') else []\n"
+        "print(json.dumps([json.loads(line) for line in lines]))\n",
+    )
+    assert [h["path"] for h in heard] == ["/self-check"], heard  # nothing but its own check
+    assert not any("oxa=" in json.dumps(h) for h in heard)
