@@ -341,10 +341,11 @@ http.server.HTTPServer(("0.0.0.0", 9123), Heard).serve_forever()
 """
 
 
-def test_a_listener_in_a_shared_workspace_hears_nothing_from_a_visitor(hub, ada):
+def test_a_listener_in_a_shared_workspace_hears_nothing_from_a_visitor(hub):
     """Issue 7, attack 1 as written: Ada's code listens on a port inside analysis 101's workspace;
     Grace joins 101 and opens the port through the workspace's proxy. The proxy serves named
     servers only, so nothing of Grace's request (her Kinetic cookie above all) reaches the code."""
+    ada = open_workspace(hub, ADA, 101)  # (opened again: the fork bomb test stops it)
     started = python_in_workspace(
         ada,
         f"import json, subprocess\nopen('/tmp/listen.py', 'w').write({LISTENER!r})\n"
