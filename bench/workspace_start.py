@@ -58,7 +58,12 @@ def main():
                     tmp / "hub-container", standin, env_overrides={"KINETIC_WORKSPACE_BACKEND": "container"}
                 ) as container_hub,
                 running_hub(
-                    tmp / "hub-process", standin, env_overrides={"KINETIC_WORKSPACE_BACKEND": "process"}
+                    tmp / "hub-process",
+                    standin,
+                    env_overrides={
+                        "KINETIC_WORKSPACE_BACKEND": "process",
+                        "KINETIC_PROCESS_BACKEND_AS_ROOT": "1",
+                    },
                 ) as process_hub,
             ):
                 hubs = {"container": container_hub, "process": process_hub}

@@ -54,6 +54,8 @@ HUB_PORT = int(env("KINETIC_HUB_PORT", "8000"))
 c.JupyterHub.bind_url = f"http://{HUB_IP}:{HUB_PORT}"
 HUB_API_PORT = int(env("KINETIC_HUB_API_PORT", "8081"))
 WORKSPACE_BACKEND = env("KINETIC_WORKSPACE_BACKEND", "container" if PROFILE == "local" else "aws")
+# The process backend refuses to run workspaces as root unless this says so (developing the kit only).
+c.ProcessBackend.run_as_root = env("KINETIC_PROCESS_BACKEND_AS_ROOT", "0") == "1"
 if WORKSPACE_BACKEND == "container":
     # Workspace containers reach the hub API through their network's gateway, so the API listens
     # beyond loopback; the workspaces' firewall lets them reach this port and no other of the hub's

@@ -63,6 +63,7 @@ async def hub(standin, tmp_path_factory):
     cfg.HomesOnThisHost.workspaces_root = str(root)
     cfg.WorkspaceSpawner.kinetic_url = standin.url
     cfg.ProcessBackend.stop_timeout = 5
+    cfg.ProcessBackend.run_as_root = True  # these tests run as root; the refusal is tested below
     app = MockHub.instance(
         config=cfg,
         spawner_class=WorkspaceSpawner,
@@ -216,6 +217,20 @@ async def test_the_aws_backend_is_refused_clearly_for_now(hub):
     with pytest.raises(web.HTTPError) as e:
         await spawner.start()
     assert e.value.status_code == 501 and "not implemented yet" in e.value.log_message
+    assert WorkspaceSpawner.active_for(103) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal is for a hub running as root")
+async def test_the_process_backend_refuses_to_run_a_workspace_as_root(hub):
+    """A workspace runs hostile code: as root (--allow-root) it would own the machine."""
+    spawner = hub.users["grace"].get_or_create_spawner("a-103", "")
+    spawner.backend = "process"
+    spawner.analysis = {"id": 103, "title": "Root?", "api_key": "a-not-used"}
+    spawner._backend_impl().run_as_root = False
+    with pytest.raises(Exception) as e:
+        await spawner.start()
+    assert "would run this workspace as root" in str(e.value) + str(spawner.failure_message)
+    assert spawner._backend_impl().running is False
     assert WorkspaceSpawner.active_for(103) is None
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from traitlets import Float, List, Unicode
+from traitlets import Bool, Float, List, Unicode
 
 from ..provisioning import restore_default_sigint, run_provision
 from . import (
@@ -81,6 +81,15 @@ class ProcessBackend(HomesOnThisHost):
     def _default_singleuser_cmd(self):
         return [str(VENV_BIN / "jupyterhub-singleuser")]
 
+    run_as_root = Bool(
+        False,
+        help="""Let this backend start workspaces when the hub runs as root. Off by default, and a
+        start is refused: a workspace runs its researchers' code, and a process of the hub's own user
+        (root, with ``--allow-root``) gives that code the whole machine — every key, every other
+        analysis. Only for developing the kit on a machine holding nothing of value; use the
+        container backend (uid 1010) otherwise.""",
+    ).tag(config=True)
+
     rserver_path = Unicode(
         "",
         config=True,
@@ -130,6 +139,12 @@ class ProcessBackend(HomesOnThisHost):
         return found or next((p for p in RSTUDIO_SYSTEM_PATHS if os.access(p, os.X_OK)), None)
 
     async def start(self, request: WorkspaceRequest, on_step) -> tuple[str, int]:
+        if os.geteuid() == 0 and not self.run_as_root:
+            raise RuntimeError(
+                "The process backend would run this workspace as root, giving its code the whole "
+                "machine: use the container backend (ProcessBackend.run_as_root is for developing "
+                "the kit only)."
+            )
         on_step(STEP_HOST, f"Acquiring a host for “{request.title}”: this machine ({socket.gethostname()})")
         on_step(STEP_STORAGE, "Preparing storage for the analysis home")
         home = await self.prepare_home(request.analysis_id)

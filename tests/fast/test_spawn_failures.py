@@ -260,7 +260,7 @@ async def test_kinetic_timing_out_mid_spawn_is_said_in_words_and_leaves_nothing(
     app = await make_hub(
         "process",
         extra={
-            "ProcessBackend": {"provision_timeout": 2.0, "stop_timeout": 2.0},
+            "ProcessBackend": {"provision_timeout": 2.0, "stop_timeout": 2.0, "run_as_root": True},
             "HomesOnThisHost": {"workspaces_root": str(tmp_path)},
         },
     )
