@@ -150,8 +150,13 @@ try:
     }
 finally:
     listener.terminate()
+    t0 = time.monotonic()
     srv.terminate()
-    srv.wait(20)
+    try:
+        srv.wait(60)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+    out["shutdown_seconds"] = round(time.monotonic() - t0, 2)
 print("PROBE " + json.dumps(out))
 """
 
