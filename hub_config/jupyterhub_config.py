@@ -23,6 +23,7 @@ c = get_config()  # noqa: F821 (provided by JupyterHub)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `kinetic_auth` etc. import even without `pip install -e`
 
+from kinetic_auth import origins  # noqa: E402
 from kinetic_auth.keys import ensure_standin_keys  # noqa: E402
 from kinetic_auth.standin import seed  # noqa: E402
 
@@ -52,6 +53,16 @@ def secret_file(name: str, make) -> Path:
 HUB_IP = env("KINETIC_HUB_IP", "127.0.0.1")
 HUB_PORT = int(env("KINETIC_HUB_PORT", "8000"))
 c.JupyterHub.bind_url = f"http://{HUB_IP}:{HUB_PORT}"
+# Where browsers reach the hub. Each analysis's workspace is served from its own subdomain of this
+# host (analysis-101.localhost:8000 locally), never from the hub's origin: kinetic_auth/origins.py.
+try:
+    PUBLIC_HUB_URL = origins.check_public_url(
+        env("KINETIC_PUBLIC_HUB_URL", f"http://localhost:{HUB_PORT}" if PROFILE == "local" else None)
+    )
+except ValueError as e:
+    raise SystemExit(f"Kinetic Workspaces ({PROFILE} profile): KINETIC_PUBLIC_HUB_URL: {e}") from None
+c.JupyterHub.subdomain_host = PUBLIC_HUB_URL
+c.JupyterHub.subdomain_hook = origins.subdomain_hook
 HUB_API_PORT = int(env("KINETIC_HUB_API_PORT", "8081"))
 WORKSPACE_BACKEND = env("KINETIC_WORKSPACE_BACKEND", "container" if PROFILE == "local" else "aws")
 # The process backend refuses to run workspaces as root unless this says so (developing the kit only).
@@ -96,7 +107,12 @@ c.JupyterHub.tornado_settings = {
 c.JupyterHub.authenticator_class = "kinetic"
 KINETIC_URL = env("KINETIC_URL", "http://127.0.0.1:8900")
 c.KineticAuthenticator.kinetic_url = KINETIC_URL
-c.KineticAuthenticator.kinetic_public_url = env("KINETIC_PUBLIC_URL", KINETIC_URL)
+# Where browsers reach Kinetic. Its sign-in cookie must reach the hub's host (and no workspace's):
+# locally the stand-in is on the hub's host name (localhost), another port, a host-only cookie.
+c.KineticAuthenticator.kinetic_public_url = env(
+    "KINETIC_PUBLIC_URL",
+    origins.on_host(KINETIC_URL, PUBLIC_HUB_URL) if PROFILE == "local" else KINETIC_URL,
+)
 c.KineticAuthenticator.sso_cookie_name = env("KINETIC_COOKIE_NAME", "oxa")
 
 # Researchers may not start servers through the REST API or JupyterHub's spawn pages: the only way
@@ -139,8 +155,10 @@ c.JupyterHub.load_roles = [
         "name": "kinetic-hub-pages",
         "services": ["kinetic-hub-pages"],
         # + the access review (kinetic_auth/access_review.py): each person's Kinetic sign-in to ask
-        # Kinetic as them, their sign-ins to revoke, a workspace to stop when its owner is removed
+        # Kinetic as them, their sign-ins to revoke, a workspace to stop when its owner is removed;
+        # admin:users: the hub user that owns an analysis's workspaces is made on its first opening
         "scopes": [
+            "admin:users",
             "list:users",
             "read:servers",
             "start:servers",
@@ -204,7 +222,6 @@ else:
 # -- the enclave: submit, checks, isolated run, review, release ------------------------------------
 from enclave_service.hub_integration import configure_enclave_service  # noqa: E402
 
-PUBLIC_HUB_URL = env("KINETIC_PUBLIC_HUB_URL", f"http://{HUB_IP}:{HUB_PORT}")
 if PROFILE == "local":
     configure_enclave_service(
         c,
@@ -225,7 +242,7 @@ else:
         c,
         state_dir=env("KINETIC_ENCLAVE_STATE_DIR", str(STATE / "enclave")),
         kinetic_url=KINETIC_URL,
-        public_url=env("KINETIC_PUBLIC_HUB_URL"),
+        public_url=PUBLIC_HUB_URL,
         reviewers=env("KINETIC_REVIEWER_UUIDS").split(","),
         smtp_host=env("KINETIC_SMTP_HOST"),
         smtp_port=int(env("KINETIC_SMTP_PORT", "587")),

@@ -4,19 +4,22 @@ Kinetic decides who is on an analysis. The hub asks it when someone opens or joi
 workspace runs for hours and Kinetic's answer can change meanwhile: a researcher is removed from the
 analysis, or signs out of Kinetic. Every ``interval`` seconds this review asks Kinetic, *as each
 person* (with the Kinetic sign-in kept in their auth_state), about every person in every running
-workspace — its owner and everyone it is shared with — and acts on the answer:
+workspace — everyone it is shared with; a workspace belongs to its analysis (``slugs.owner_name``),
+so every researcher in it is there by a share — and acts on the answer:
 
-    answer                                          a co-researcher (share)        the owner
-    ----------------------------------------------  -----------------------------  ------------------------
-    on the analysis                                 kept                           kept
-    not on the analysis (Kinetic: 404)              sign-ins to it revoked,        workspace stopped (home
-                                                    share removed                  kept; a researcher still
-                                                                                   on it opens it again)
-    Kinetic refuses their sign-in (signed out,      sign-ins to it revoked,        sign-ins to it revoked
-    expired: 401/403)                               share removed                  (the workspace runs on)
-    Kinetic unreachable                             nothing yet; after             the same as for a
-                                                    ``unreachable_grace`` seconds  co-researcher
+    answer                                          a researcher in the workspace (by share)
+    ----------------------------------------------  ------------------------------------------------
+    on the analysis                                 kept
+    not on the analysis (Kinetic: 404)              sign-ins to it revoked, share removed
+    Kinetic refuses their sign-in (signed out,      sign-ins to it revoked, share removed
+    expired: 401/403)
+    Kinetic unreachable                             nothing yet; after ``unreachable_grace`` seconds
                                                     of no answer, as "signed out"
+
+The workspace itself runs on for the researchers still on the analysis (and is stopped by the idle
+culler once nobody uses it). A workspace a *researcher* owns — started by a release before analyses
+owned their workspaces, still running after the upgrade — is reviewed the old way: its owner too is
+asked about, and an owner Kinetic no longer puts on the analysis has the workspace stopped (home kept).
 
 "Sign-ins to it revoked" deletes the person's OAuth tokens for that workspace: the workspace re-checks
 its visitors' tokens with the hub every ``HubOAuth.cache_max_age`` seconds (set in the workspace image),
@@ -117,7 +120,9 @@ class AccessReview(LoggingConfigurable):
                 if e.status == 404:
                     continue  # stopped meanwhile
                 raise
-            people += [(ws.owner, ws.name, aid, person) for person in (ws.owner, *sharers)]
+            # an analysis's own workspace owner is not a person: only those it is shared with are asked
+            owners = () if slugs.is_workspace_owner(ws.owner) else (ws.owner,)
+            people += [(ws.owner, ws.name, aid, person) for person in (*owners, *sharers)]
         # Kinetic is asked about several people at once (a slow answer does not hold up the rest)
         gate = asyncio.Semaphore(self.concurrency)
 

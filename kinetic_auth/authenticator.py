@@ -135,6 +135,8 @@ class KineticAuthenticator(Authenticator):
         super().__init__(**kwargs)
         self._keys = None
         self._authz_cache: dict[tuple[str, str], tuple[float, dict | None]] = {}
+        # (owner, server) -> (when, the researcher opening it): see hand_over_opener
+        self._openers: dict[tuple[str, str], tuple[float, object]] = {}
         self._access_review_task = None
         try:
             loop = asyncio.get_running_loop()
@@ -222,6 +224,11 @@ class KineticAuthenticator(Authenticator):
         except sso.CookieError as e:
             self.log.warning("Kinetic sign-in refused: %s", e.reason)  # never the cookie itself
             return None
+        if slugs.is_workspace_owner(who.uuid):
+            # the hub users that own analyses' workspaces are never people (Kinetic names people by
+            # uuid); signing in as one would open every workspace of that analysis
+            self.log.warning("Kinetic sign-in refused: %r is a workspace owner's name", who.uuid)
+            return None
         return {
             "name": who.uuid,
             "auth_state": {"sso_cookie": token, "uuid": who.uuid, "profile": await self._profile(token)},
@@ -271,17 +278,37 @@ class KineticAuthenticator(Authenticator):
         self.remember_authorization(user.name, analysis_id, analysis)
         return analysis
 
+    def hand_over_opener(self, owner: str, server_name: str, opener) -> None:
+        """Say who is opening an analysis's workspace, just before the hub pages start it.
+
+        The workspace's owner is the analysis (``slugs.owner_name``), which has no Kinetic sign-in
+        of its own: the spawn is checked, and the analysis key fetched, as the researcher who opened
+        it. Held in memory for ``HAND_OVER_SECONDS``, taken by the next ``pre_spawn_start``."""
+        self._openers[(owner, server_name)] = (time.monotonic(), opener)
+
+    HAND_OVER_SECONDS = 60
+
     async def pre_spawn_start(self, user, spawner):
-        """Every spawn, by any path, must be for an analysis Kinetic says this researcher is on."""
+        """Every spawn, by any path, must be of an analysis's own workspace, opened from
+        /hub/analysis/<id> by a researcher Kinetic says is on the analysis (asked again here)."""
         analysis_id = slugs.analysis_id_from_server_name(spawner.name)
-        if analysis_id is None:
-            raise web.HTTPError(400, "Workspaces are opened from a Kinetic analysis (server a-<analysisId>).")
+        if analysis_id is None or slugs.analysis_id_from_owner(user.name) != analysis_id:
+            raise web.HTTPError(
+                400,
+                "Workspaces belong to Kinetic analyses (server a-<id> of analysis-<id>) and are "
+                "opened from /hub/analysis/<id>.",
+            )
+        since, opener = self._openers.pop((user.name, spawner.name), (0.0, None))
+        if opener is None or time.monotonic() - since > self.HAND_OVER_SECONDS:
+            raise web.HTTPError(
+                403, f"Open analysis {analysis_id} from Kinetic (/hub/analysis/{analysis_id}) to start it."
+            )
         try:
-            analysis = await self.authorize_analysis(user, analysis_id)
+            analysis = await self.authorize_analysis(opener, analysis_id)
         except KineticError:
             raise web.HTTPError(502, "Kinetic could not be reached to check access; try again.") from None
         if analysis is None:
-            raise web.HTTPError(404, f"You are not a researcher on analysis {analysis_id}.")
+            raise web.HTTPError(404, f"{opener.name} is not a researcher on analysis {analysis_id}.")
         spawner.analysis = analysis
 
     def get_handlers(self, app):

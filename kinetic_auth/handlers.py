@@ -35,6 +35,7 @@ from tornado.iostream import StreamClosedError
 from kinetic_spawner import slugs
 
 from . import cookie as sso
+from . import origins
 from .hub_adapter import AUTHORIZE_ROUTE, WorkspaceLoginCheck, skip_oauth_confirmation
 from .hub_api import HubAPI, HubAPIError, Workspace
 from .kinetic import KineticError
@@ -114,6 +115,12 @@ class KineticPage(BaseHandler):
 class KineticLoginHandler(KineticPage):
     async def get(self):
         auth = self.authenticator
+        if not origins.is_hub_host(self.request.host, self.subdomain_host):
+            # A workspace's host (analysis-<id>.<hub host>) serves its researchers' code: a hub
+            # session there would let that code act as its visitor on the hub (origins.py).
+            self.log.warning("Refused a sign-in on %s, which is not the hub's host", self.request.host)
+            await self.error_page(404, "Not here", "Sign in to Kinetic Workspaces from its own address.")
+            return
         token = self.get_cookie(auth.sso_cookie_name)
         if not token:
             here = f"{self.request.protocol}://{self.request.host}{self.request.uri}"
@@ -182,7 +189,8 @@ class AnalysesHomeHandler(KineticPage):
             if ws is None:
                 status = "Not running"
             else:
-                who = "you" if ws.owner == user.name else names.get(ws.owner, "a co-researcher")
+                opener = ws.opened_by or ws.owner
+                who = "you" if opener == user.name else names.get(opener, "a co-researcher")
                 status = f"{'Running' if ws.ready else 'Starting'} (opened by {who})"
             rows.append(
                 {
@@ -214,12 +222,10 @@ class AnalysisHandler(KineticPage):
             async with _analysis_locks[aid]:
                 ws = await self.find_workspace(aid)
                 if ws is None:
-                    await self.start_workspace(user, aid, display_name(analysis, aid))
-                    owner = user.name
+                    owner = await self.start_workspace(user, aid, display_name(analysis, aid))
                 else:
                     owner = ws.owner
-                    if owner != user.name:
-                        await self.join_workspace(user, aid, owner)
+                await self.join_workspace(user, aid, owner)
         except HubAPIError as e:
             self.log.error("Opening analysis %s for %s failed: %s", aid, user.name, e)
             await self.error_page(
@@ -247,27 +253,35 @@ class AnalysisHandler(KineticPage):
         )
         self.finish(html)
 
-    async def start_workspace(self, user, aid: str, title: str) -> None:
-        name = slugs.server_name(aid)
-        self.log.info("%s opens analysis %s: starting workspace %s", user.name, aid, name)
+    async def start_workspace(self, user, aid: str, title: str) -> str:
+        """Start the analysis's workspace, owned by the analysis (``slugs.owner_name``); returns
+        the owner. The opener joins it like everyone else, by share (``join_workspace``)."""
+        owner, name = slugs.owner_name(aid), slugs.server_name(aid)
+        self.log.info("%s opens analysis %s: starting workspace %s/%s", user.name, aid, owner, name)
+        await self.hub_api.ensure_user(owner)
         # Shares from an earlier session are dropped: every join is re-checked with Kinetic,
         # so a researcher removed from the analysis cannot come back through an old share.
-        await self.hub_api.revoke_all_shares(user.name, name)
+        await self.hub_api.revoke_all_shares(owner, name)
+        # pre_spawn_start checks the start (and fetches the analysis key) as this researcher
+        self.authenticator.hand_over_opener(owner, name, user)
         # Returns once the start is pending (slow_spawn_timeout = 0); the progress page shows the rest.
         # The display name (the analysis title) is set, or renamed if Kinetic's title changed.
-        await self.hub_api.start_server(user.name, name, title, {"analysis_id": aid})
+        await self.hub_api.start_server(owner, name, title, {"analysis_id": aid, "opened_by": user.name})
+        return owner
 
     async def join_workspace(self, user, aid: str, owner: str) -> None:
-        # A co-researcher joins the running workspace; a second one on the same storage
-        # would have two R sessions writing the same files.
+        """Let a researcher Kinetic puts on the analysis into its running workspace: a share (access
+        only) of the one workspace, never a second one on the same storage."""
         name = slugs.server_name(aid)
+        if owner == user.name:
+            return  # a workspace a researcher owns (started by a release before analyses owned them)
         await self.hub_api.grant_share(owner, name, user.name)
         spawner = self.live_spawner(owner, name)
         if spawner is not None:
-            # Kinetic already says they work together on this analysis: no extra JupyterHub
-            # "authorize access" page for the joiner (the share still limits what they reach).
+            # Kinetic already says they are on the analysis: no extra JupyterHub "authorize
+            # access" page (the share still limits what they reach).
             skip_oauth_confirmation(self.settings, spawner.oauth_client_id)
-        self.log.info("%s joined the workspace of analysis %s opened by %s", user.name, aid, owner)
+        self.log.info("%s is in the workspace of analysis %s (%s/%s)", user.name, aid, owner, name)
 
 
 GENERIC_FAILURE = (
@@ -302,8 +316,9 @@ class AnalysisProgressHandler(KineticPage):
             ws = await self.find_workspace(analysis_id)
         except HubAPIError as e:
             raise web.HTTPError(503, "workspaces cannot be listed right now") from e
-        # Not active: perhaps this researcher's own start just failed; the stream reports that.
-        spawner = self.live_spawner(ws.owner, name) if ws else user.spawners.get(name)
+        # Not active: perhaps the start just failed; the stream reports that.
+        owner = ws.owner if ws else slugs.owner_name(analysis_id)
+        spawner = self.live_spawner(owner, name)
         if spawner is None:
             raise web.HTTPError(404, "no workspace is starting for this analysis")
         self.set_header("Content-Type", "text/event-stream")

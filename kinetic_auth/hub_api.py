@@ -9,6 +9,7 @@ The calls carry the token of a hub-registered service (``kinetic-hub-pages`` in
 hub_config/jupyterhub_config.py) whose role holds only what the pages need:
 
     list:users, read:servers     which workspaces are running, and whose they are
+    admin:users                  make the hub user that owns an analysis's workspace (once)
     start:servers                start a workspace and set its display name (the analysis title)
     shares, read:users:name      share a running workspace with a co-researcher, and revoke shares
     admin:auth_state, tokens,    the access review (``access_review``): ask Kinetic as each person
@@ -49,6 +50,7 @@ class Workspace:
     ready: bool
     pending: str | None
     url: str
+    opened_by: str = ""  # the researcher who started it (the start's user_options)
 
 
 def _q(part: str) -> str:
@@ -124,12 +126,21 @@ class HubAPI:
                                 ready=bool(server.get("ready")),
                                 pending=server.get("pending"),
                                 url=server.get("url", ""),
+                                opened_by=str((server.get("user_options") or {}).get("opened_by") or ""),
                             )
                         )
             nxt = (page.get("_pagination") or {}).get("next")
             if not nxt:
                 return found
             offset = nxt["offset"]
+
+    async def ensure_user(self, name: str) -> None:
+        """Make hub user ``name`` unless it exists (an analysis's workspace owner)."""
+        try:
+            await self.request("POST", f"users/{_q(name)}")
+        except HubAPIError as e:
+            if e.status != 409:  # 409: exists already
+                raise
 
     async def stop_server(self, owner: str, name: str) -> None:
         """Stop owner's server ``name``, keeping it (and its home) for the next start."""

@@ -6,7 +6,9 @@ from kinetic_auth.standin.seed import KATHERINE, default_seed
 
 from .hub import INSTANCES, remove_containers, running_hub
 from .image_fixtures import workspace_image_fixture  # noqa: F401  (the `workspace_image` fixture)
-from .support import postgres_bin, running_postgres, running_standin
+from .support import postgres_bin, resolve_local_names, running_postgres, running_standin
+
+resolve_local_names()  # workspaces are at analysis-<id>.localhost, as browsers resolve it
 
 # An analysis whose text is hostile HTML: every page that shows Kinetic's data must escape it.
 HOSTILE_ANALYSIS = {

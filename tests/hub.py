@@ -55,6 +55,11 @@ def remove_containers(instance: str) -> None:
         subprocess.run(["podman", "rm", "-f", "-t", "2", *out], capture_output=True)
 
 
+def owner(analysis_id) -> str:
+    """The hub user that owns an analysis's workspace (kinetic_spawner/slugs.py)."""
+    return f"analysis-{analysis_id}"
+
+
 class Hub:
     def __init__(self, state_dir: Path, standin, env_overrides: dict | None = None, rstudio: bool = True):
         self.state_dir = state_dir
@@ -66,7 +71,7 @@ class Hub:
         self.instance = container_instance(state_dir)
         INSTANCES.add(self.instance)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://localhost:{self.port}"  # the hub's host; workspaces on subdomains of it
         self.log_path = state_dir / "hub.log"
         extra = state_dir / "extra_config.py"
         extra.write_text(EXTRA_CONFIG)
@@ -135,6 +140,12 @@ class Hub:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def workspace_url(self, analysis_id, path: str = "") -> str:
+        """Where analysis ``analysis_id``'s workspace is served: its own origin
+        (``analysis-<id>.localhost``), owned by the analysis (kinetic_auth/origins.py)."""
+        owner = f"analysis-{analysis_id}"
+        return f"http://{owner}.localhost:{self.port}/user/{owner}/a-{analysis_id}/{path}"
 
     # -- REST API as the operator ---------------------------------------------------------------
     def api(self, method: str, path: str, **kw) -> requests.Response:

@@ -17,6 +17,25 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
+def resolve_local_names() -> None:
+    """``localhost`` and ``*.localhost`` resolve to 127.0.0.1 in this process, as browsers resolve
+    them (Chromium does it itself; glibc here knows only ``localhost``). Each analysis's workspace
+    is served from ``analysis-<id>.localhost:<port>`` (kinetic_auth/origins.py); the servers all
+    listen on 127.0.0.1, so IPv6 is never tried."""
+    if getattr(socket.getaddrinfo, "_kinetic", False):
+        return
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else host
+        if isinstance(name, str) and (name == "localhost" or name.endswith(".localhost")):
+            host = "127.0.0.1"
+        return original(host, *args, **kwargs)
+
+    getaddrinfo._kinetic = True
+    socket.getaddrinfo = getaddrinfo
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,13 +94,18 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
 
 class Standin:
     def __init__(self, url: str, state_dir: Path, proc):
-        self.url = url
+        self.url = url  # where servers reach it (127.0.0.1)
+        # where browsers reach it: the hub's host name (localhost), so that its sign-in cookie,
+        # host-only, is the hub's to read (ports aside) and never a workspace's (analysis-<id>.localhost)
+        self.browser_url = url.replace("//127.0.0.1:", "//localhost:")
         self.state_dir = state_dir
         self.proc = proc
 
     def sign_in(self, session: requests.Session, uuid: str) -> str:
         """Sign in on the stand-in's page as a person would; returns the SSO cookie value."""
-        r = session.post(f"{self.url}/accounts/login", data={"uuid": uuid, "r": "/"}, allow_redirects=False)
+        r = session.post(
+            f"{self.browser_url}/accounts/login", data={"uuid": uuid, "r": "/"}, allow_redirects=False
+        )
         r.raise_for_status()
         return session.cookies.get("oxa")
 
@@ -100,7 +124,7 @@ class Standin:
 
     def sign_out(self, session: requests.Session) -> None:
         """Sign out of Kinetic in this browser session (Kinetic's session ends on its side too)."""
-        session.get(f"{self.url}/accounts/logout", allow_redirects=False, timeout=5)
+        session.get(f"{self.browser_url}/accounts/logout", allow_redirects=False, timeout=5)
 
     def records(self) -> dict:
         """What the enclave told the stand-in (keys masked); the endpoint wants the records token."""

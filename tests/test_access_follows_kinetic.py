@@ -118,7 +118,7 @@ def test_signing_out_of_kinetic_ends_open_workspace_sessions(setting):
     # her hub session is still there, but signing in to the workspace again checks Kinetic's: she is
     # sent to sign in to Kinetic, with a way back
     r = ada.get(f"{hub.url}/user/{ADA}/a-102/lab", timeout=30)
-    assert r.url.startswith(f"{standin.url}/accounts/login"), r.url
+    assert r.url.startswith(f"{standin.browser_url}/accounts/login"), r.url
     assert "a-102" in hub.servers(ADA)  # the workspace runs on (a long computation is not lost)
     # and keeps its own API token (the owner's, with access to it: activity reports, visitors' sign-ins)
     kept = hub.api("GET", f"/users/{ADA}/tokens").json()["api_tokens"]

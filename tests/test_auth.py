@@ -30,7 +30,7 @@ def _login_with(hub, token):
 
 def test_no_cookie_sends_the_researcher_to_kinetic_with_a_return_link(hub, standin):
     r = requests.get(f"{hub.url}/hub/home", allow_redirects=True)
-    assert r.url.startswith(f"{standin.url}/accounts/login")
+    assert r.url.startswith(f"{standin.browser_url}/accounts/login")
     back = parse_qs(urlparse(r.url).query)["r"][0]
     assert back.startswith(f"{hub.url}/hub/login")
     assert "Choose who you are" in r.text
@@ -94,7 +94,7 @@ def test_forged_tampered_wrong_key_expired_and_garbage_cookies_are_refused(hub, 
 def test_signing_out_of_kinetic_ends_the_hub_session(hub, standin):
     s = hub.browser_session(ADA)
     assert s.get(f"{hub.url}/hub/home", allow_redirects=False).status_code == 200
-    s.get(f"{standin.url}/accounts/logout", allow_redirects=False)
+    s.get(f"{standin.browser_url}/accounts/logout", allow_redirects=False)
     time.sleep(1.5)  # past auth_refresh_age (1 s in tests)
     r = s.get(f"{hub.url}/hub/home", allow_redirects=False)
     assert r.status_code == 302 and "/hub/login" in r.headers["Location"]
@@ -103,7 +103,7 @@ def test_signing_out_of_kinetic_ends_the_hub_session(hub, standin):
 def test_hub_logout_also_ends_the_kinetic_session(hub, standin):
     s = hub.browser_session(ADA)
     r = s.get(f"{hub.url}/hub/logout", allow_redirects=True)
-    assert r.url.startswith(f"{standin.url}/accounts/login")
+    assert r.url.startswith(f"{standin.browser_url}/accounts/login")
     assert "oxa" not in s.cookies
 
 

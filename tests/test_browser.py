@@ -15,7 +15,7 @@ async def test_from_kinetic_link_to_a_working_workspace(hub, tmp_path):
         started = time.monotonic()
         await page.goto(f"{hub.url}/editor/#102")
         # not signed in: Kinetic's sign-in page, then back through the hub to the analysis
-        await page.wait_for_url(f"{hub.standin.url}/accounts/login*")
+        await page.wait_for_url(f"{hub.standin.browser_url}/accounts/login*")
         await page.click(f'button[data-uuid="{ADA}"]')
         try:
             await page.wait_for_url("**/user/**/a-102/rstudio/**", timeout=90_000)

@@ -24,35 +24,35 @@ def test_analysis_detail_is_404_for_a_researcher_not_on_it(standin):
     ada, kat = requests.Session(), requests.Session()
     standin.sign_in(ada, ADA)
     standin.sign_in(kat, KATHERINE)
-    assert ada.get(f"{standin.url}/api/v1/researcher/analysis/101").json()["title"]
-    assert kat.get(f"{standin.url}/api/v1/researcher/analysis/101").status_code == 404
-    assert requests.get(f"{standin.url}/api/v1/researcher/analysis/101").status_code == 401
-    mine = ada.get(f"{standin.url}/api/v1/researcher/analysis").json()["data"]
+    assert ada.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").json()["title"]
+    assert kat.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").status_code == 404
+    assert requests.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").status_code == 401
+    mine = ada.get(f"{standin.browser_url}/api/v1/researcher/analysis").json()["data"]
     assert {a["id"] for a in mine} == {101, 102}
 
 
 def test_shared_analysis_lists_both_researchers(standin):
     s = requests.Session()
     standin.sign_in(s, GRACE)
-    a = s.get(f"{standin.url}/api/v1/researcher/analysis/101").json()
+    a = s.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").json()
     assert {r["user_id"] for r in a["researchers"]} == {ADA, GRACE}
 
 
 def test_real_data_needs_the_enclave_key(standin):
     s = requests.Session()
     standin.sign_in(s, ADA)
-    key = s.get(f"{standin.url}/api/v1/researcher/analysis/101").json()["api_key"]
-    syn = requests.get(f"{standin.url}/api/v1/researcher/responses/{key}?cutoff=2026-01-01").json()
+    key = s.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").json()["api_key"]
+    syn = requests.get(f"{standin.browser_url}/api/v1/researcher/responses/{key}?cutoff=2026-01-01").json()
     assert syn["status"] == "complete" and "/synthetic/" in syn["response_urls"][0]
     csv = requests.get(syn["response_urls"][0]).text
     assert csv.startswith("student_id,") and "synthetic-0001" in csv
     bad = requests.get(
-        f"{standin.url}/api/v1/researcher/responses/{key}", headers={"Authorization": "Bearer nope"}
+        f"{standin.browser_url}/api/v1/researcher/responses/{key}", headers={"Authorization": "Bearer nope"}
     )
     assert bad.status_code == 401
     enclave_key = ensure_standin_keys(standin.state_dir).enclave_key
     real = requests.get(
-        f"{standin.url}/api/v1/researcher/responses/{key}?cutoff=2026-01-01",
+        f"{standin.browser_url}/api/v1/researcher/responses/{key}?cutoff=2026-01-01",
         headers={"Authorization": f"Bearer {enclave_key}"},
     ).json()
     assert "/real/" in real["response_urls"][0]
@@ -62,24 +62,24 @@ def test_enclave_calls_are_recorded(standin):
     key = ensure_standin_keys(standin.state_dir).enclave_key
     h = {"Authorization": f"Bearer {key}"}
     run = requests.post(
-        f"{standin.url}/api/v1/enclave/runs", json={"analysis_id": 102, "message": "go"}, headers=h
+        f"{standin.browser_url}/api/v1/enclave/runs", json={"analysis_id": 102, "message": "go"}, headers=h
     ).json()
     assert run["api_key"].startswith("r") and run["analysis_api_key"].startswith("a")
     assert requests.post(
-        f"{standin.url}/api/v1/enclave/runs/log",
+        f"{standin.browser_url}/api/v1/enclave/runs/log",
         headers=h,
         json={"api_key": run["api_key"], "stage": "run", "level": "info", "message": "hello"},
     ).ok
     assert (
         requests.post(
-            f"{standin.url}/api/v1/enclave/runs/log",
+            f"{standin.browser_url}/api/v1/enclave/runs/log",
             headers=h,
             json={"api_key": run["api_key"], "stage": "bogus", "level": "info", "message": "x"},
         ).status_code
         == 400
     )
     assert requests.put(
-        f"{standin.url}/api/v1/enclave/runs/completion",
+        f"{standin.browser_url}/api/v1/enclave/runs/completion",
         headers=h,
         json={"api_key": run["api_key"], "status": "failure"},
     ).ok
@@ -91,23 +91,23 @@ def test_records_need_the_token_and_never_hold_keys(standin):
     key = ensure_standin_keys(standin.state_dir).enclave_key
     h = {"Authorization": f"Bearer {key}"}
     run = requests.post(
-        f"{standin.url}/api/v1/enclave/runs", json={"analysis_id": 101, "message": "k"}, headers=h
+        f"{standin.browser_url}/api/v1/enclave/runs", json={"analysis_id": 101, "message": "k"}, headers=h
     ).json()
     assert requests.post(
-        f"{standin.url}/api/v1/enclave/runs/log",
+        f"{standin.browser_url}/api/v1/enclave/runs/log",
         headers=h,
         json={"api_key": run["api_key"], "stage": "run", "level": "info", "message": "x"},
     ).ok
     # a workspace can reach the stand-in over the network: without the token, nothing
     for headers in ({}, {"Authorization": "Bearer wrong"}, h):
-        r = requests.get(f"{standin.url}/standin/records", headers=headers)
+        r = requests.get(f"{standin.browser_url}/standin/records", headers=headers)
         assert r.status_code == 401, headers
         assert run["api_key"] not in r.text
     data = standin.records()
     text = json.dumps(data)
     s = requests.Session()
     standin.sign_in(s, ADA)
-    analysis_key = s.get(f"{standin.url}/api/v1/researcher/analysis/101").json()["api_key"]
+    analysis_key = s.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").json()["api_key"]
     for secret in (run["api_key"], run["analysis_api_key"], analysis_key, key):
         assert secret not in text
     for page in ("/",):  # the demo's index page lists records too
@@ -153,7 +153,7 @@ HOSTILE_RETURNS = [
 
 def _return_of(standin, r):
     s = requests.Session()
-    resp = s.post(f"{standin.url}/accounts/login", data={"uuid": ADA, "r": r}, allow_redirects=False)
+    resp = s.post(f"{standin.browser_url}/accounts/login", data={"uuid": ADA, "r": r}, allow_redirects=False)
     assert resp.status_code == 302, (r, resp.status_code)
     return resp.headers["Location"]
 
@@ -166,7 +166,7 @@ def test_return_links_stay_on_the_allowed_origins(standin):
     assert _return_of(standin, "https://localhost/hub/") == "https://localhost/hub/"
     assert _return_of(standin, "/accounts/login?x=1") == "/accounts/login?x=1"
     # the sign-in page's form carries the checked link, not the raw one
-    page = requests.get(f"{standin.url}/accounts/login", params={"r": "/\\evil.example"}).text
+    page = requests.get(f"{standin.browser_url}/accounts/login", params={"r": "/\\evil.example"}).text
     assert "evil.example" not in page
 
 
@@ -242,7 +242,7 @@ def test_a_handlers_own_policy_keeps_its_directives_and_gains_frame_ancestors():
 
 
 def test_membership_changes_want_the_records_token_and_take_effect(standin):
-    url = f"{standin.url}/standin/analyses/101/researchers"
+    url = f"{standin.browser_url}/standin/analyses/101/researchers"
     for headers in ({}, {"Authorization": "Bearer nope"}):
         assert requests.put(url, json={"researchers": [ADA]}, headers=headers).status_code == 401
     good = {"Authorization": f"Bearer {standin.records_token()}"}
@@ -251,10 +251,10 @@ def test_membership_changes_want_the_records_token_and_take_effect(standin):
     standin.sign_in(grace, GRACE)
     try:
         standin.set_researchers(101, [ADA])
-        assert grace.get(f"{standin.url}/api/v1/researcher/analysis/101").status_code == 404
+        assert grace.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").status_code == 404
     finally:
         standin.set_researchers(101, [ADA, GRACE])
-    assert grace.get(f"{standin.url}/api/v1/researcher/analysis/101").status_code == 200
+    assert grace.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").status_code == 200
 
 
 def test_signing_out_ends_the_kinetic_session_for_every_copy_of_the_cookie(standin):
@@ -263,9 +263,9 @@ def test_signing_out_ends_the_kinetic_session_for_every_copy_of_the_cookie(stand
     browser = requests.Session()
     token = standin.sign_in(browser, KATHERINE)
     copy = {"Cookie": f"oxa={token}"}
-    assert requests.get(f"{standin.url}/accounts/api/user", headers=copy).status_code == 200
+    assert requests.get(f"{standin.browser_url}/accounts/api/user", headers=copy).status_code == 200
     standin.sign_out(browser)
-    assert requests.get(f"{standin.url}/accounts/api/user", headers=copy).status_code == 401
+    assert requests.get(f"{standin.browser_url}/accounts/api/user", headers=copy).status_code == 401
     again = requests.Session()
     standin.sign_in(again, KATHERINE)  # a new sign-in works
-    assert again.get(f"{standin.url}/accounts/api/user").status_code == 200
+    assert again.get(f"{standin.browser_url}/accounts/api/user").status_code == 200

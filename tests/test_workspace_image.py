@@ -292,7 +292,7 @@ def test_provisioning_inside_the_container_seeds_the_home_and_keeps_it(
     standin, inner_url = reachable_standin
     s = requests.Session()
     standin.sign_in(s, ADA)
-    key = s.get(f"{standin.url}/api/v1/researcher/analysis/101").json()["api_key"]
+    key = s.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").json()["api_key"]
     home = make_home(tmp_path)
     env = {
         **os.environ,

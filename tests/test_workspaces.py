@@ -8,6 +8,8 @@ import requests
 
 from kinetic_auth.standin.seed import ADA, GRACE, KATHERINE
 
+from .hub import owner
+
 
 def _home(hub, analysis_id):
     return hub.state_dir / "workspaces" / str(analysis_id)
@@ -36,24 +38,29 @@ def test_the_rest_api_cannot_start_a_workspace_around_kinetic(hub):
     headers = {"Authorization": f"token {token}"}
     import requests
 
+    r = requests.post(f"{hub.url}/hub/api/users/{owner(102)}/servers/a-102", headers=headers)
+    assert r.status_code == 403  # researchers hold no `servers` scope on anyone's servers
     r = requests.post(f"{hub.url}/hub/api/users/{KATHERINE}/servers/a-102", headers=headers)
-    assert r.status_code == 403  # researchers hold no `servers` scope
+    assert r.status_code == 403  # nor on their own
     # JupyterHub's own spawn page is closed too
     assert kat.get(f"{hub.url}/hub/spawn/{KATHERINE}/a-102", allow_redirects=False).status_code == 403
-    # even an operator cannot start a workspace for someone Kinetic does not list on the analysis
-    r = hub.api("POST", f"/users/{KATHERINE}/servers/a-102")
-    assert r.status_code == 202 or r.status_code >= 400  # 202: accepted, then refused before any work
-    deadline = time.monotonic() + 15
-    while "a-102" in hub.servers(KATHERINE):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert "You are not a researcher on analysis 102" in hub.log()
+    # even an operator cannot start a workspace other than by opening the analysis from Kinetic:
+    # not as a person's server, not as the analysis's without a researcher opening it
+    assert hub.api("POST", f"/users/{owner(102)}").status_code in (201, 409)
+    for who in (KATHERINE, owner(102)):
+        r = hub.api("POST", f"/users/{who}/servers/a-102")
+        assert r.status_code == 202 or r.status_code >= 400  # 202: accepted, then refused before any work
+        deadline = time.monotonic() + 15
+        while "a-102" in hub.servers(who):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert "Workspaces belong to Kinetic analyses" in hub.log()
+    assert "Open analysis 102 from Kinetic (/hub/analysis/102) to start it" in hub.log()
     assert _homes(hub) == before
     # and no server that is not an analysis workspace
     hub.api("POST", f"/users/{KATHERINE}/servers/scratch")
     time.sleep(1)
     assert "scratch" not in hub.servers(KATHERINE)
-    assert "Workspaces are opened from a Kinetic analysis" in hub.log()
 
 
 def test_bad_analysis_ids_are_refused_in_words(hub):
@@ -75,16 +82,18 @@ def test_opening_an_analysis_gives_a_seeded_workspace_through_the_proxy(hub):
     assert len(events) >= 4 and [e["progress"] for e in events] == sorted(e["progress"] for e in events)
     page = hub.open_analysis(ada, 102)
     assert page.status_code == 200
-    assert f"/user/{ADA}/a-102/rstudio/" in page.url
+    assert page.url.startswith(hub.workspace_url(102, "rstudio/"))  # the analysis's own origin
     assert "RStudio" in page.text
     home = _home(hub, 102)
     main = (home / "kinetic" / "main.r").read_text()
     assert f'cutoff_date = "{datetime.date.today().isoformat()}"' in main
-    api_key = hub.api("GET", f"/users/{ADA}").json()  # not exposed: just make sure the server is listed
-    assert "a-102" in api_key["servers"]
+    model = hub.api("GET", f"/users/{owner(102)}").json()  # the analysis owns it, Ada is in it by share
+    assert "a-102" in model["servers"] and hub.servers(ADA) == {}
     # JupyterHub 6's display name is the analysis title: the admin panel and the API say what it is
-    assert api_key["servers"]["a-102"]["display_name"] == "Spaced practice effects"
-    assert hub.api("GET", f"/users/{ADA}/servers/a-102").json()["display_name"] == "Spaced practice effects"
+    assert model["servers"]["a-102"]["display_name"] == "Spaced practice effects"
+    assert model["servers"]["a-102"]["user_options"]["opened_by"] == ADA
+    server = hub.api("GET", f"/users/{owner(102)}/servers/a-102").json()
+    assert server["display_name"] == "Spaced practice effects"
     renviron = (home / ".Renviron").read_text()
     assert renviron.count("ANALYSIS_API_KEY=a") == 1
     data = list((home / "kinetic" / "data").glob("*.csv"))
@@ -99,13 +108,13 @@ def test_reopening_keeps_the_researchers_work(hub):
     main = _home(hub, 102) / "kinetic" / "main.r"
     main.write_text(main.read_text() + "\n# my change\n")
     (_home(hub, 102) / "kinetic" / "notes.r").write_text("x <- 1\n")
-    hub.stop_workspace(ADA, "a-102")
+    hub.stop_workspace(owner(102), "a-102")
     assert "# my change" in main.read_text()
     page = hub.open_analysis(ada, 102)
     assert page.status_code == 200
     assert "# my change" in main.read_text()
     assert (_home(hub, 102) / "kinetic" / "notes.r").read_text() == "x <- 1\n"
-    hub.stop_workspace(ADA, "a-102")
+    hub.stop_workspace(owner(102), "a-102")
 
 
 def test_two_researchers_opening_at_the_same_moment_share_one_workspace(hub):
@@ -123,54 +132,56 @@ def test_two_researchers_opening_at_the_same_moment_share_one_workspace(hub):
     for t in threads:
         t.join()
     assert set(results.values()) <= {200, 302}
-    owners = hub.active_workspaces("a-101")
-    assert len(owners) == 1, owners
-    owner = owners[0]
+    assert hub.active_workspaces("a-101") == [owner(101)]  # one workspace, the analysis's
     for uuid, s in sessions.items():
         page = hub.open_analysis(s, 101)
         assert page.status_code == 200, (uuid, page.status_code)
-        assert f"/user/{owner}/a-101/" in page.url  # both in the owner's workspace
-    assert hub.active_workspaces("a-101") == [owner]
-    other = GRACE if owner == ADA else ADA
-    assert "opened by" in sessions[other].get(f"{hub.url}/hub/home").text
-    hub.stop_workspace(owner, "a-101")
+        assert page.url.startswith(hub.workspace_url(101))  # both in the one workspace
+    assert hub.active_workspaces("a-101") == [owner(101)]
+    opener = hub.servers(owner(101))["a-101"]["user_options"]["opened_by"]
+    other = GRACE if opener == ADA else ADA
+    assert "Running (opened by " in sessions[other].get(f"{hub.url}/hub/home").text
+    assert "Running (opened by you)" in sessions[opener].get(f"{hub.url}/hub/home").text
+    hub.stop_workspace(owner(101), "a-101")
 
 
 def test_a_co_researcher_joins_the_running_workspace(hub):
     ada, grace = hub.browser_session(ADA), hub.browser_session(GRACE)
     hub.open_analysis(ada, 101)
     page = hub.open_analysis(grace, 101)
-    assert page.status_code == 200 and f"/user/{ADA}/a-101/" in page.url
-    assert "a-101" not in hub.servers(GRACE)
+    assert page.status_code == 200 and page.url.startswith(hub.workspace_url(101))
+    assert "a-101" not in hub.servers(GRACE) and "a-101" not in hub.servers(ADA)
     # Katherine, not on the analysis, cannot reach it even with the URL
     kat = hub.browser_session(KATHERINE)
-    r = kat.get(f"{hub.url}/user/{ADA}/a-101/rstudio/", allow_redirects=True)
+    r = kat.get(hub.workspace_url(101, "rstudio/"), allow_redirects=True)
     assert "RStudio" not in r.text or r.status_code in (403, 404)
-    assert GRACE in [sh["user"]["name"] for sh in hub.api("GET", f"/shares/{ADA}/a-101").json()["items"]]
-    hub.stop_workspace(ADA, "a-101")
+
+    def shared_with():
+        return {sh["user"]["name"] for sh in hub.api("GET", f"/shares/{owner(101)}/a-101").json()["items"]}
+
+    assert shared_with() == {ADA, GRACE}  # both researchers are in the analysis's workspace by share
+    hub.stop_workspace(owner(101), "a-101")
     # the next start drops old shares: joining again goes through a fresh Kinetic check
     hub.open_analysis(ada, 101)
-    assert hub.api("GET", f"/shares/{ADA}/a-101").json()["items"] == []
-    hub.stop_workspace(ADA, "a-101")
+    assert shared_with() == {ADA}
+    hub.stop_workspace(owner(101), "a-101")
 
 
 def test_two_open_analyses_keep_separate_sessions(hub):
     """W5: the original set cookies for the whole domain, so a second analysis overwrote the first's
-    session. Each workspace here has its own path and its own path-scoped login cookie."""
+    session. Each workspace here has its own origin and its own login cookie, host-only there."""
     ada = hub.browser_session(ADA)
     first = hub.open_analysis(ada, 101)
     second = hub.open_analysis(ada, 102)
-    assert "/a-101/" in first.url and "/a-102/" in second.url
-    cookie_paths = {c.path for c in ada.cookies if c.name.startswith("jupyterhub-user-")}
-    assert any(p.endswith("/a-101/") for p in cookie_paths) and any(
-        p.endswith("/a-102/") for p in cookie_paths
-    )
+    assert first.url.startswith(hub.workspace_url(101)) and second.url.startswith(hub.workspace_url(102))
+    cookie_hosts = {c.domain for c in ada.cookies if c.name.startswith("jupyterhub-user-")}
+    assert cookie_hosts == {"analysis-101.localhost", "analysis-102.localhost"}, cookie_hosts
     for _ in range(2):  # alternate: neither session knocks the other out
         for url, marker in ((first.url, "a-101"), (second.url, "a-102")):
             r = ada.get(url, allow_redirects=False)
             assert r.status_code == 200 and "RStudio" in r.text, (marker, r.status_code)
-    hub.stop_workspace(ADA, "a-101")
-    hub.stop_workspace(ADA, "a-102")
+    hub.stop_workspace(owner(101), "a-101")
+    hub.stop_workspace(owner(102), "a-102")
 
 
 def test_a_workspace_token_may_report_its_researchers_activity(hub):

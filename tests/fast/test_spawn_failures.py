@@ -256,7 +256,7 @@ async def test_kinetic_timing_out_mid_spawn_is_said_in_words_and_leaves_nothing(
 ):
     s = requests.Session()
     standin_only.sign_in(s, ADA)
-    analysis = s.get(f"{standin_only.url}/api/v1/researcher/analysis/101", timeout=10).json()
+    analysis = s.get(f"{standin_only.browser_url}/api/v1/researcher/analysis/101", timeout=10).json()
     app = await make_hub(
         "process",
         extra={
