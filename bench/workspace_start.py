@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from kinetic_auth.standin.seed import ADA
-from tests.hub import container_instance, remove_containers, running_hub
+from tests.hub import container_instance, owner, remove_containers, running_hub
 from tests.support import running_standin
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -37,7 +37,7 @@ def click_to_workspace(hub) -> float:
     page = hub.open_analysis(s, 102, timeout=300)  # open the analysis, wait for the workspace
     assert page.status_code == 200 and "RStudio" in page.text, (page.status_code, page.text[:300])
     took = time.monotonic() - started
-    hub.stop_workspace(ADA, "a-102")
+    hub.stop_workspace(owner(102), "a-102")
     return took
 
 

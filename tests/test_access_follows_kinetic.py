@@ -1,6 +1,6 @@
 """Issue 7, attack 3: removal from an analysis in Kinetic removes access to its running workspace —
 the removed researcher's open session and a fresh sign-in both — within a stated bound, while the
-owner keeps working; signing out of Kinetic ends open workspace sessions too.
+researchers still on it keep working; signing out of Kinetic ends open workspace sessions too.
 
 A real hub, proxy, container workspaces and a Kinetic stand-in of their own (its memberships are
 changed here, as an analysis owner changes them in Kinetic)."""
@@ -17,7 +17,7 @@ from tornado.websocket import websocket_connect
 
 from kinetic_auth.standin.seed import ADA, GRACE
 
-from .hub import running_hub
+from .hub import owner, running_hub
 from .kernel import Kernel
 from .support import running_standin
 
@@ -36,8 +36,13 @@ def setting(tmp_path_factory, workspace_image):
             yield standin, hub
 
 
-def contents_url(hub, owner=ADA, server="a-101"):
-    return f"{hub.url}/user/{owner}/{server}/api/contents/kinetic"
+def contents_url(hub, analysis_id=101):
+    return hub.workspace_url(analysis_id, "api/contents/kinetic")
+
+
+def shared_with(hub, analysis_id=101) -> set[str]:
+    items = hub.api("GET", f"/shares/{owner(analysis_id)}/a-{analysis_id}").json()["items"]
+    return {s["user"]["name"] for s in items}
 
 
 def reaches(session: requests.Session, url: str) -> bool:
@@ -58,8 +63,8 @@ def seconds_until_refused(session, url, limit: float = BOUND + 30) -> float:
 def test_a_researcher_removed_in_kinetic_loses_the_workspace_within_the_bound(setting):
     standin, hub = setting
     ada, grace = hub.browser_session(ADA), hub.browser_session(GRACE)
-    assert "/user/" in hub.open_analysis(ada, 101).url
-    assert "/user/" in hub.open_analysis(grace, 101).url  # Grace joins Ada's workspace
+    assert hub.open_analysis(ada, 101).url.startswith(hub.workspace_url(101))
+    assert hub.open_analysis(grace, 101).url.startswith(hub.workspace_url(101))  # Grace joins
     url = contents_url(hub)
     assert reaches(ada, url) and reaches(grace, url)
 
@@ -69,22 +74,20 @@ def test_a_researcher_removed_in_kinetic_loses_the_workspace_within_the_bound(se
         assert took <= BOUND, took
         print(f"Grace's open session refused {took:.1f} s after her removal in Kinetic")
         # her share is gone, and a fresh sign-in is refused too (asked of Kinetic at the sign-in)
-        assert GRACE not in [
-            s["user"]["name"] for s in hub.api("GET", f"/shares/{ADA}/a-101").json()["items"]
-        ]
+        assert shared_with(hub) == {ADA}
         fresh = hub.browser_session(GRACE)
-        r = fresh.get(f"{hub.url}/user/{ADA}/a-101/lab", timeout=30)
+        r = fresh.get(hub.workspace_url(101, "lab"), timeout=30)
         assert r.status_code == 403 and "not a researcher on analysis 101" in r.text, (r.status_code, r.url)
         assert not reaches(fresh, url)
         assert hub.open_analysis(fresh, 101, wait=False).status_code == 404
-        # the owner works on, undisturbed
+        # Ada, who opened it and is still on the analysis, works on undisturbed
         assert reaches(ada, url)
-        assert "a-101" in hub.servers(ADA)
+        assert "a-101" in hub.servers(owner(101))
 
         # Kinetic adds her back: she opens the analysis again and is in
         standin.set_researchers(101, [ADA, GRACE])
         back = hub.browser_session(GRACE)
-        assert "/user/" in hub.open_analysis(back, 101).url
+        assert hub.open_analysis(back, 101).url.startswith(hub.workspace_url(101))
         assert reaches(back, url)
     finally:
         standin.set_researchers(101, [ADA, GRACE])
@@ -99,7 +102,7 @@ def test_a_fresh_sign_in_is_asked_of_kinetic_even_before_the_review_runs(setting
     later = hub.browser_session(GRACE)  # a second browser, never signed in to the workspace
     try:
         standin.set_researchers(101, [ADA])
-        r = later.get(f"{hub.url}/user/{ADA}/a-101/lab", timeout=30)
+        r = later.get(hub.workspace_url(101, "lab"), timeout=30)
         assert r.status_code == 403, (r.status_code, r.url)
     finally:
         standin.set_researchers(101, [ADA, GRACE])
@@ -109,7 +112,7 @@ def test_signing_out_of_kinetic_ends_open_workspace_sessions(setting):
     standin, hub = setting
     ada = hub.browser_session(ADA)
     hub.open_analysis(ada, 102)
-    url = contents_url(hub, server="a-102")
+    url = contents_url(hub, 102)
     assert reaches(ada, url)
     standin.sign_out(ada)  # in Kinetic: the hub is not visited
     took = seconds_until_refused(ada, url)
@@ -117,37 +120,35 @@ def test_signing_out_of_kinetic_ends_open_workspace_sessions(setting):
     print(f"Ada's workspace session refused {took:.1f} s after she signed out of Kinetic")
     # her hub session is still there, but signing in to the workspace again checks Kinetic's: she is
     # sent to sign in to Kinetic, with a way back
-    r = ada.get(f"{hub.url}/user/{ADA}/a-102/lab", timeout=30)
+    r = ada.get(hub.workspace_url(102, "lab"), timeout=30)
     assert r.url.startswith(f"{standin.browser_url}/accounts/login"), r.url
-    assert "a-102" in hub.servers(ADA)  # the workspace runs on (a long computation is not lost)
-    # and keeps its own API token (the owner's, with access to it: activity reports, visitors' sign-ins)
-    kept = hub.api("GET", f"/users/{ADA}/tokens").json()["api_tokens"]
-    assert any(
-        f"access:servers!server={ADA}/a-102" in t["scopes"] and "/a-102/" not in (t["oauth_client"] or "")
-        for t in kept
-    ), kept
+    assert "a-102" in hub.servers(owner(102))  # the workspace runs on (a long computation is not lost)
+    assert shared_with(hub, 102) == set()  # her way in is gone until she opens it again
+    # and keeps its own API token (the analysis's: activity reports, visitors' sign-ins)
+    kept = hub.api("GET", f"/users/{owner(102)}/tokens").json()["api_tokens"]
+    assert any(f"access:servers!server={owner(102)}/a-102" in t["scopes"] for t in kept), kept
     again = hub.browser_session(ADA)
-    assert "/user/" in hub.open_analysis(again, 102).url and reaches(again, url)
-    hub.stop_workspace(ADA, "a-102")
+    assert hub.open_analysis(again, 102).url.startswith(hub.workspace_url(102)) and reaches(again, url)
+    hub.stop_workspace(owner(102), "a-102")
 
 
-def test_an_owner_removed_in_kinetic_has_the_workspace_stopped_and_files_kept(setting, tmp_path):
+def test_the_opener_removed_in_kinetic_loses_the_workspace_and_the_others_keep_it(setting):
+    """The workspace is the analysis's, not its opener's: taking the opener off the analysis takes
+    their access away and leaves the workspace running for the researchers still on it."""
     standin, hub = setting
     ada, grace = hub.browser_session(ADA), hub.browser_session(GRACE)
     hub.open_analysis(ada, 101)
+    assert hub.servers(owner(101))["a-101"]["user_options"]["opened_by"] == ADA
     hub.open_analysis(grace, 101)
+    url = contents_url(hub)
     try:
         standin.set_researchers(101, [GRACE])  # Grace takes Ada off the analysis
-        deadline = time.monotonic() + BOUND
-        while "a-101" in hub.servers(ADA):
-            assert time.monotonic() < deadline, "the removed owner's workspace still runs"
-            time.sleep(1)
-        home = hub.state_dir / "workspaces" / "101" / "kinetic" / "main.r"
-        assert home.exists()  # stopped, nothing lost
-        # Grace, still on the analysis, opens it again: her own workspace now, on the same home
-        assert f"/user/{GRACE}/a-101/" in hub.open_analysis(grace, 101).url
-        assert not reaches(ada, contents_url(hub, owner=GRACE))
-        hub.stop_workspace(GRACE, "a-101")
+        took = seconds_until_refused(ada, url)
+        assert took <= BOUND, took
+        assert shared_with(hub) == {GRACE}
+        assert reaches(grace, url) and hub.servers(owner(101))["a-101"]["ready"]  # not stopped
+        assert hub.open_analysis(hub.browser_session(ADA), 101, wait=False).status_code == 404
+        hub.stop_workspace(owner(101), "a-101")
     finally:
         standin.set_researchers(101, [ADA, GRACE])
 
@@ -159,12 +160,12 @@ def test_an_open_kernel_connection_ends_when_kinetic_removes_its_researcher(sett
     ada, grace = hub.browser_session(ADA), hub.browser_session(GRACE)
     hub.open_analysis(ada, 101)
     hub.open_analysis(grace, 101)
-    server = f"{hub.url}/user/{ADA}/a-101/"
+    server = hub.workspace_url(101)
     # a token Grace made for this workspace (what her browser's sign-in is, minus the cookie jar)
     made = hub.api(
         "POST",
         f"/users/{GRACE}/tokens",
-        json={"scopes": [f"access:servers!server={ADA}/a-101"], "expires_in": 900, "note": "grace's"},
+        json={"scopes": [f"access:servers!server={owner(101)}/a-101"], "expires_in": 900, "note": "grace's"},
     )
     assert made.status_code == 201, made.text
     headers = {"Authorization": f"token {made.json()['token']}"}
@@ -202,7 +203,7 @@ def test_signing_out_of_the_hub_ends_open_workspace_sessions(setting):
     standin, hub = setting
     ada = hub.browser_session(ADA)
     hub.open_analysis(ada, 102)
-    url = contents_url(hub, server="a-102")
+    url = contents_url(hub, 102)
     assert reaches(ada, url)
     copy = requests.Session()
     copy.cookies.update({c.name: c.value for c in ada.cookies if c.name.startswith("jupyterhub-user-")})
@@ -213,4 +214,4 @@ def test_signing_out_of_the_hub_ends_open_workspace_sessions(setting):
     took = seconds_until_refused(copy, url)
     assert took <= BOUND, took
     print(f"a copy of Ada's workspace login refused {took:.1f} s after she signed out of the hub")
-    hub.stop_workspace(ADA, "a-102")
+    hub.stop_workspace(owner(102), "a-102")

@@ -24,7 +24,7 @@ def _claims(uuid, **extra):
 
 def _login_with(hub, token):
     s = requests.Session()
-    s.cookies.set("oxa", token, domain="127.0.0.1", path="/")
+    s.cookies.set("oxa", token, domain="localhost.local", path="/")  # host-only on localhost
     return s, s.get(f"{hub.url}/hub/login", allow_redirects=False)
 
 

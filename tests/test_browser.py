@@ -7,6 +7,7 @@ from playwright.async_api import expect
 from kinetic_auth.standin.seed import ADA, KATHERINE
 
 from .browser import chromium
+from .hub import owner
 
 
 async def test_from_kinetic_link_to_a_working_workspace(hub, tmp_path):
@@ -30,7 +31,7 @@ async def test_from_kinetic_link_to_a_working_workspace(hub, tmp_path):
         await page.goto(f"{hub.url}/hub/home")
         row = page.locator('tr[data-analysis-id="102"] .workspace-status')
         assert "Running" in await row.inner_text()
-    hub.stop_workspace(ADA, "a-102")
+    hub.stop_workspace(owner(102), "a-102")
 
 
 async def test_hostile_kinetic_text_never_runs_as_script(hub):

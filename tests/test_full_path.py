@@ -12,6 +12,7 @@ import zipfile
 from kinetic_auth.standin.seed import ADA, MARIE, ROSALIND
 
 from .browser import chromium
+from .hub import owner
 
 
 async def _sign_in(browser, hub, uuid, start_url):
@@ -91,4 +92,4 @@ async def test_submit_review_twice_mail_and_download(hub):
         assert hashlib.sha256(z.read(member)).hexdigest() == (
             digest if isinstance(digest, str) else digest["sha256"]
         )
-    hub.stop_workspace(ADA, "a-102")
+    hub.stop_workspace(owner(102), "a-102")

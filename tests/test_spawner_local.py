@@ -49,7 +49,7 @@ def group_members(pgid: int) -> list[int]:
 def analysis(standin):
     s = requests.Session()
     standin.sign_in(s, ADA)
-    return s.get(f"{standin.url}/api/v1/researcher/analysis/101").json()
+    return s.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").json()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import requests
 
 from kinetic_auth.standin.seed import ADA, GRACE
 
-from .hub import running_hub
+from .hub import owner, running_hub
 from .kernel import Kernel
 
 MEMORY = "768m"
@@ -307,7 +307,7 @@ def uid_1010_tasks() -> int:
 
 
 def test_a_fork_bomb_stays_inside_its_workspace(hub, grace):
-    kernel = Kernel(f"{hub.url}/user/{ADA}/a-101/", user_token(hub, ADA))
+    kernel = Kernel(hub.workspace_url(101), user_token(hub, ADA))
     before = uid_1010_tasks()
     kernel.run("""system("bash -c 'b(){ b|b& }; b' >/dev/null 2>&1", wait = FALSE); cat("lit")""", timeout=60)
     time.sleep(8)
@@ -318,7 +318,7 @@ def test_a_fork_bomb_stays_inside_its_workspace(hub, grace):
     assert time.monotonic() - t0 < 5
     assert workspace_answers(hub, GRACE, "a-103", grace.headers["Authorization"].split()[1])
     # stopping the workspace ends the bomb with it; the home stays
-    hub.stop_workspace(ADA, "a-101", timeout=120)
+    hub.stop_workspace(owner(101), "a-101", timeout=120)
     deadline = time.monotonic() + 30
     while uid_1010_tasks() > before and time.monotonic() < deadline:
         time.sleep(1)

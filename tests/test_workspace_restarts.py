@@ -19,7 +19,7 @@ import requests
 
 from kinetic_auth.standin.seed import ADA, GRACE
 
-from .hub import running_hub
+from .hub import owner, running_hub
 
 GRACE_SECONDS = 3
 # the progress message at which the hub is killed: before, during and after provisioning, while
@@ -98,12 +98,12 @@ def test_a_hub_killed_at_any_step_of_a_start_leaves_one_workspace_or_none(hub):
         left = containers(101, instance)
         hub.start()
         # Grace's workspace was adopted, untouched
-        assert hub.servers(GRACE).get("a-103", {}).get("ready"), (message, hub.log()[-2000:])
+        assert hub.servers(owner(103)).get("a-103", {}).get("ready"), (message, hub.log()[-2000:])
         # what the killed start left is adopted (a server the hub recorded) or removed
         deadline = time.monotonic() + GRACE_SECONDS + 30
         while True:
             now = containers(101, instance)
-            adopted = hub.servers(ADA).get("a-101", {}).get("ready")
+            adopted = hub.servers(owner(101)).get("a-101", {}).get("ready")
             servers = [c for c in now if c["Labels"]["org.kinetic.workspace.role"] == "server"]
             if (adopted and len(now) == 1 and len(servers) == 1) or (not adopted and not now):
                 break
@@ -121,11 +121,11 @@ def test_a_hub_killed_at_any_step_of_a_start_leaves_one_workspace_or_none(hub):
         now = containers(101, instance)
         assert len(now) == 1 and now[0]["Labels"]["org.kinetic.workspace.role"] == "server", now
         assert (hub.state_dir / "workspaces" / "101" / "kinetic" / "main.r").exists()
-        hub.stop_workspace(ADA, "a-101", timeout=60)
+        hub.stop_workspace(owner(101), "a-101", timeout=60)
         assert containers(101, instance) == []
 
     token = hub.api("POST", f"/users/{GRACE}/tokens", json={"expires_in": 600}).json()["token"]
     r = requests.get(
-        f"{hub.url}/user/{GRACE}/a-103/api/status", headers={"Authorization": f"token {token}"}, timeout=30
+        hub.workspace_url(103, "api/status"), headers={"Authorization": f"token {token}"}, timeout=30
     )
     assert r.status_code == 200  # Grace worked through five hub crashes

@@ -7,7 +7,7 @@ import json
 
 from kinetic_auth.standin.seed import ADA
 
-from ..hub import running_hub
+from ..hub import owner, running_hub
 
 
 def test_the_hub_runs_on_postgresql_and_a_restart_keeps_the_workspace(postgres, standin, tmp_path):
@@ -31,11 +31,11 @@ def test_the_hub_runs_on_postgresql_and_a_restart_keeps_the_workspace(postgres, 
         [(version,)] = postgres.query("hub_restart", "SELECT version_num FROM alembic_version")
         assert version  # JupyterHub's schema, stamped: `jupyterhub upgrade-db` can take it from here
 
-        url_before = hub.servers(ADA)["a-102"]["url"]
+        url_before = hub.servers(owner(102))["a-102"]["url"]
         hub.stop()
         hub.start()
         servers = hub.servers(ADA)
         assert servers.get("a-102", {}).get("ready") and servers["a-102"]["url"] == url_before, servers
         again = ada.get(page.url)
         assert again.status_code == 200 and "RStudio" in again.text
-        hub.stop_workspace(ADA, "a-102")
+        hub.stop_workspace(owner(102), "a-102")
