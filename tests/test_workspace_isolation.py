@@ -44,7 +44,7 @@ def open_workspace(hub, user: str, analysis: int) -> Kernel:
     s = hub.browser_session(user)
     page = hub.open_analysis(s, analysis, timeout=180)
     assert page.status_code == 200, page.text[:500]
-    return Kernel(f"{hub.url}/user/{user}/a-{analysis}/", user_token(hub, user))
+    return Kernel(hub.workspace_url(analysis), user_token(hub, user))
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +187,10 @@ class Listener:
 
 def test_the_network_reaches_the_hub_api_only_with_its_own_scopes(ada, grace, hub):
     listener = Listener()
-    state = hub.api("GET", f"/users/{GRACE}", params={"include_stopped_servers": "0"}).json()
-    assert state["servers"]["a-103"]["ready"]
+    assert hub.servers(owner(103))["a-103"]["ready"]
     found = json.loads(
         os.popen(
-            f"podman ps --filter label=org.kinetic.workspace.user={GRACE} "
+            f"podman ps --filter label=org.kinetic.workspace.user={owner(103)} "
             "--filter label=org.kinetic.workspace.server=a-103 --format json"
         ).read()
     )
@@ -234,11 +233,13 @@ def call(method, path, body=None):
 out['whoami'] = call('GET', '/user')
 out['list_users'] = call('GET', '/users')[0]
 out['grace'] = call('GET', '/users/{GRACE}')[0]
-out['new_token'] = call('POST', '/users/{ADA}/tokens', b'{{}}')[0]
-out['start_other'] = call('POST', '/users/{ADA}/servers/a-102', b'{{}}')[0]
+out['ada'] = call('GET', '/users/{ADA}')[0]
+out['other_analysis'] = call('GET', '/users/{owner(103)}')[0]
+out['new_token'] = call('POST', '/users/{owner(101)}/tokens', b'{{}}')[0]
+out['start_other'] = call('POST', '/users/{owner(101)}/servers/a-102', b'{{}}')[0]
 import datetime
 now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-out['activity'] = call('POST', '/users/{ADA}/activity',
+out['activity'] = call('POST', '/users/{owner(101)}/activity',
                        json.dumps({{'servers': {{'a-101': {{'last_activity': now}}}}}}).encode())[0]
 print(json.dumps(out))
 """,
@@ -249,8 +250,11 @@ print(json.dumps(out))
     assert result["metadata"] != "open"
     assert listener.accepted == 0
     status, body = result["whoami"]
-    assert status == 200 and json.loads(body)["name"] == ADA
-    assert result["list_users"] == 403 and result["grace"] in (403, 404)
+    # the workspace's token is the analysis's, never one of its researchers'
+    assert status == 200 and json.loads(body)["name"] == owner(101)
+    assert result["list_users"] == 403
+    for other in ("grace", "ada", "other_analysis"):
+        assert result[other] in (403, 404), (other, result)
     assert result["new_token"] == 403 and result["start_other"] == 403
     assert result["activity"] == 200, result  # the culler sees a busy workspace as busy
 
@@ -258,7 +262,7 @@ print(json.dumps(out))
 def test_no_secret_on_any_command_line_of_this_machine(ada, hub, standin):
     s = requests.Session()
     standin.sign_in(s, ADA)
-    api_key = s.get(f"{standin.url}/api/v1/researcher/analysis/101").json()["api_key"]
+    api_key = s.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").json()["api_key"]
     token = r_lines(ada, 'cat(Sys.getenv("JUPYTERHUB_API_TOKEN"), "\\n")')[-1].strip()
     assert len(token) > 16
     renviron = r_lines(ada, 'cat(readLines("~/.Renviron"), sep = "\\n")')
@@ -271,9 +275,9 @@ def test_no_secret_on_any_command_line_of_this_machine(ada, hub, standin):
         assert token.encode() not in cmdline and api_key.encode() not in cmdline, pid
 
 
-def workspace_answers(hub, user: str, server: str, token: str) -> bool:
+def workspace_answers(hub, analysis_id: int, token: str) -> bool:
     r = requests.get(
-        f"{hub.url}/user/{user}/{server}/api/status", headers={"Authorization": f"token {token}"}, timeout=30
+        hub.workspace_url(analysis_id, "api/status"), headers={"Authorization": f"token {token}"}, timeout=30
     )
     return r.status_code == 200
 
@@ -290,9 +294,9 @@ def test_a_memory_hog_is_killed_inside_its_workspace(ada, grace, hub):
     assert "survived" not in result.stdout and result.status in ("dead", "error"), result
     assert time.monotonic() - t0 < 100
     assert hub_api_answers(hub)
-    assert workspace_answers(hub, GRACE, "a-103", grace.headers["Authorization"].split()[1])
+    assert workspace_answers(hub, 103, grace.headers["Authorization"].split()[1])
     # the server itself survives: only the hungry kernel went
-    assert workspace_answers(hub, ADA, "a-101", ada.headers["Authorization"].split()[1])
+    assert workspace_answers(hub, 101, ada.headers["Authorization"].split()[1])
 
 
 def uid_1010_tasks() -> int:
@@ -316,7 +320,7 @@ def test_a_fork_bomb_stays_inside_its_workspace(hub, grace):
     t0 = time.monotonic()
     assert hub_api_answers(hub)
     assert time.monotonic() - t0 < 5
-    assert workspace_answers(hub, GRACE, "a-103", grace.headers["Authorization"].split()[1])
+    assert workspace_answers(hub, 103, grace.headers["Authorization"].split()[1])
     # stopping the workspace ends the bomb with it; the home stays
     hub.stop_workspace(owner(101), "a-101", timeout=120)
     deadline = time.monotonic() + 30
@@ -370,10 +374,10 @@ def test_a_listener_in_a_shared_workspace_hears_nothing_from_a_visitor(hub):
     assert alive["body"] == "LISTENER-BODY", alive  # the listener runs and answers inside the workspace
 
     grace = hub.browser_session(GRACE)
-    assert f"/user/{ADA}/a-101/" in hub.open_analysis(grace, 101).url  # she joins Ada's workspace
+    assert hub.open_analysis(grace, 101).url.startswith(hub.workspace_url(101))  # she joins 101
     assert grace.cookies.get("oxa")  # her browser holds her Kinetic sign-in
     for route in ("proxy/9123/", "proxy/absolute/9123/", "proxy/localhost:9123/", "proxy/127.0.0.1:9123/"):
-        r = grace.get(f"{hub.url}/user/{ADA}/a-101/{route}", timeout=30)
+        r = grace.get(hub.workspace_url(101, route), timeout=30)
         assert r.status_code in (403, 404) and "LISTENER-BODY" not in r.text, (route, r.status_code)
 
     heard = python_in_workspace(
