@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("KINETIC_STATE_DIR", ROOT / "state")).resolve()
 IP = os.environ.get("KINETIC_DEMO_IP", "127.0.0.1")
+PUBLIC_HOST = os.environ.get("KINETIC_DEMO_HOST", "localhost")
 HUB_PORT = int(os.environ.get("KINETIC_HUB_PORT", "8000"))
 STANDIN_PORT = int(os.environ.get("KINETIC_STANDIN_PORT", "8900"))
 SMTP_PORT = int(os.environ.get("KINETIC_SMTP_PORT", "8925"))
@@ -56,8 +57,10 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(ROOT / "node_modules" / ".bin"), str(bin_dir), env.get("PATH", "")])
-    standin_url = f"http://{IP}:{STANDIN_PORT}"
-    hub_url = f"http://{IP}:{HUB_PORT}"
+    standin_url = f"http://{IP}:{STANDIN_PORT}"  # where the hub reaches the stand-in
+    # where browsers reach the hub: a host name, since each analysis's workspace is served from a
+    # subdomain of it (analysis-101.localhost:8000; browsers resolve *.localhost by themselves)
+    hub_url = f"http://{PUBLIC_HOST}:{HUB_PORT}"
     env.update(
         KINETIC_STATE_DIR=str(STATE),
         KINETIC_URL=standin_url,
@@ -114,18 +117,20 @@ def main() -> None:
     )
     procs.append(("standin", standin))
     wait_http(f"{standin_url}/accounts/login", standin, "standin")
+    hub_url_here = f"http://{IP}:{HUB_PORT}"
     hub = start(
         "jupyterhub",
         [str(bin_dir / "jupyterhub"), "-f", str(ROOT / "hub_config" / "jupyterhub_config.py")],
         env,
     )
     procs.append(("jupyterhub", hub))
-    wait_http(f"{hub_url}/hub/api", hub, "jupyterhub", timeout=120)
+    wait_http(f"{hub_url_here}/hub/api", hub, "jupyterhub", timeout=120)
     print(
         f"""
 Kinetic Workspaces is running (state and logs in {STATE}).
 
-  Open  {hub_url}/hub/home        (use exactly this host name: the sign-in cookie is per host)
+  Open  {hub_url}/hub/home     (exactly this host name: the sign-in cookie is per host;
+                                           each analysis's workspace opens on analysis-<id>.{PUBLIC_HOST})
   Sign in on the Kinetic stand-in as one of:
      Ada Lovelace      researcher — analyses 101 (shared with Grace) and 102
      Grace Hopper      researcher — analyses 101 and 103

@@ -23,22 +23,23 @@ from ..support import running_standin
 
 
 class HubInMemory:
-    """JupyterHub's REST API as the review uses it: one running workspace a-101 of Ada's."""
+    """JupyterHub's REST API as the review uses it: one running workspace a-101, owned by Ada (as a
+    release before analyses owned their workspaces left it) or by the analysis (``analysis-101``)."""
 
-    def __init__(self, sign_ins: dict[str, str | None], shared=(GRACE,)):
-        self.servers = {(ADA, "a-101")}
-        self.shares = {(ADA, "a-101"): list(shared)}
+    def __init__(self, sign_ins: dict[str, str | None], shared=(GRACE,), owner=ADA):
+        self.servers = {(owner, "a-101")}
+        self.shares = {(owner, "a-101"): list(shared)}
         self.sign_ins = sign_ins  # person -> Kinetic cookie kept in auth_state
-        scope = f"access:servers!server={ADA}/a-101"
+        scope = f"access:servers!server={owner}/a-101"
         self.tokens_of = {
             p: [
-                {"id": f"{p}-oauth", "scopes": [scope], "oauth_client": f"Server at /user/{ADA}/a-101/"},
+                {"id": f"{p}-oauth", "scopes": [scope], "oauth_client": f"Server at /user/{owner}/a-101/"},
                 {"id": f"{p}-other", "scopes": ["read:users!user"], "oauth_client": "JupyterHub"},
             ]
-            for p in (ADA, GRACE, KATHERINE)
+            for p in (ADA, GRACE, KATHERINE, owner)
         }
         # the workspace's own API token: the owner's, with access to it too, made by JupyterHub
-        self.tokens_of[ADA].append({"id": "server", "scopes": [scope], "oauth_client": "JupyterHub"})
+        self.tokens_of[owner].append({"id": "server", "scopes": [scope], "oauth_client": "JupyterHub"})
         self.done: list[tuple] = []
 
     async def active_servers_all(self):
@@ -131,6 +132,24 @@ async def test_an_owner_not_on_the_analysis_has_the_workspace_stopped(kinetic):
         kinetic.set_researchers(101, [ADA, GRACE])
     assert (ADA, NOT_ON_ANALYSIS, "stopped") in {(f.person, f.answer, f.action) for f in findings}
     assert ("stop", ADA, "a-101") in hub.done and hub.servers == set()
+
+
+async def test_in_an_analysis_owned_workspace_everyone_is_a_share_and_nobody_stops_it(kinetic):
+    """The analysis owns the workspace: its owner is not a person and is never asked about; the
+    researcher who opened it, taken off the analysis, loses her share and sign-ins; it runs on."""
+    hub = HubInMemory(signed_in(kinetic, ADA, GRACE), shared=(ADA, GRACE), owner="analysis-101")
+    kinetic.set_researchers(101, [GRACE])
+    try:
+        findings = await review_with(kinetic.url, hub).review()
+    finally:
+        kinetic.set_researchers(101, [ADA, GRACE])
+    assert {(f.person, f.action) for f in findings} == {(ADA, "revoked"), (GRACE, "kept")}
+    assert hub.done == [
+        ("revoke token", ADA, f"{ADA}-oauth"),
+        ("revoke share", "analysis-101", "a-101", ADA),
+    ]
+    assert hub.servers == {("analysis-101", "a-101")}  # not stopped
+    assert [t["id"] for t in hub.tokens_of["analysis-101"]][-1] == "server"  # its own token kept
 
 
 async def test_kinetic_unreachable_never_means_yes(kinetic, silent_kinetic):

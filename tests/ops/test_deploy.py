@@ -155,6 +155,7 @@ class UnitHub(Hub):
             "KINETIC_PUBLIC_URL": standin.url,
             # Caddy's site: localhost gets a certificate from Caddy's own CA (no ACME here)
             "KINETIC_DOMAIN": f"localhost:{self.tls_port}",
+            "KINETIC_WORKSPACES_TLS": "internal",  # (a wildcard certificate from Caddy's own CA)
             "KINETIC_PUBLIC_HUB_URL": f"https://localhost:{self.tls_port}",
             "KINETIC_HUB_PORT": str(self.port),
             "KINETIC_HUB_API_PORT": self.env["KINETIC_HUB_API_PORT"],
@@ -508,8 +509,9 @@ def test_caddy_from_deploy_terminates_tls_in_front_of_the_hub(deployed, tmp_path
         assert login.status_code == 302, login.status_code
         assert "r=https%3A%2F%2Flocalhost" in login.headers["Location"], login.headers["Location"]
         token = hub.api("POST", f"/users/{seed.ADA}/tokens", json={"expires_in": 300}).json()["token"]
+        # the workspace, on its own origin behind the wildcard site
         status = requests.get(
-            f"{base}/user/{seed.ADA}/a-101/api/status",
+            f"https://analysis-101.localhost:{hub.tls_port}/user/analysis-101/a-101/api/status",
             verify=False,
             timeout=30,
             headers={"Authorization": f"token {token}"},
@@ -557,7 +559,7 @@ def test_caddy_from_deploy_keeps_sign_in_cookies_from_workspaces(tmp_path):
 
     try:
         first_answer(caddy, f"{base}/hub/api", tmp_path / "caddy.log")
-        ws = "jupyterhub-user-ada-a-101=W; _xsrf=X"
+        ws = "jupyterhub-user-ada-a-101=W; _xsrf=X"  # (the hub's host: paths of an older release)
         for cookie in (
             f"oxa=KINETIC; {ws}",
             f"{ws}; oxa=KINETIC",
@@ -577,6 +579,24 @@ def test_caddy_from_deploy_keeps_sign_in_cookies_from_workspaces(tmp_path):
             got = arrived("/hub/login", cookie)
             assert "KINETIC" in got, got
         assert "oxa=KINETIC" not in arrived("/user/ada/a-101/", "oxa=KINETIC")
+
+        # a workspace's own host (analysis-<id>.<domain>): no sign-in cookie on any path, and the
+        # hub and its services are not there at all
+        ws_base = f"https://analysis-101.localhost:{tls_port}"
+        own = "jupyterhub-user-analysis-101-a-101=W; _xsrf=X"
+        for cookie in (
+            f"oxa=KINETIC; {own}; jupyterhub-session-id=SESSION",
+            f"jupyterhub-hub-login=HUB; {own}; __Host-oxa=KINETIC",
+        ):
+            r = requests.get(
+                ws_base + "/user/analysis-101/a-101/lab", headers={"Cookie": cookie}, verify=False, timeout=10
+            )
+            got = "; ".join(r.json()["cookies"])
+            assert not any(x in got for x in ("KINETIC", "HUB", "SESSION")), (cookie, got)
+            assert "jupyterhub-user-analysis-101-a-101=W" in got and "_xsrf=X" in got, got
+            for path in ("/hub/login", "/hub/api/user", "/hub", "/services/enclave/"):
+                r = requests.get(ws_base + path, headers={"Cookie": cookie}, verify=False, timeout=10)
+                assert r.status_code == 404 and "Not here" in r.text, (path, r.status_code, r.text[:200])
     finally:
         stop_process(caddy)
         stop_process(echo)
