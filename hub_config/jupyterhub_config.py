@@ -28,6 +28,8 @@ from kinetic_auth.keys import ensure_standin_keys  # noqa: E402
 from kinetic_auth.standin import seed  # noqa: E402
 
 PROFILE = os.environ.get("KINETIC_PROFILE", "local")
+if PROFILE not in ("local", "aws"):
+    raise SystemExit(f"KINETIC_PROFILE must be 'local' or 'aws', not {PROFILE!r}")
 STATE = Path(os.environ.get("KINETIC_STATE_DIR", ROOT / "state")).resolve()
 STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
 

@@ -115,7 +115,7 @@ class KineticPage(BaseHandler):
 class KineticLoginHandler(KineticPage):
     async def get(self):
         auth = self.authenticator
-        if not origins.is_hub_host(self.request.host, self.subdomain_host):
+        if origins.is_workspace_host(self.request.host, self.subdomain_host):
             # A workspace's host (analysis-<id>.<hub host>) serves its researchers' code: a hub
             # session there would let that code act as its visitor on the hub (origins.py).
             self.log.warning("Refused a sign-in on %s, which is not the hub's host", self.request.host)

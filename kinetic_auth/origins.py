@@ -18,7 +18,7 @@ cookie too in the local set-up, and stripped by the front proxy in production, `
 * a page served from a workspace gets none of its visitor's hub or Kinetic cookies, and its
   ``fetch('/hub/...')`` goes to the workspace's own host, where nobody is signed in;
 * a workspace page cannot read another analysis's workspace (another origin), nor the hub's pages;
-* signing in to the hub happens only on the hub's host (``check_hub_host``), so no script on a
+* signing in to the hub is refused on a workspace's host (``is_workspace_host``), so no script on a
   workspace host can get a hub session there even where a Kinetic cookie does reach it.
 
 Locally the hub host is ``localhost``: Chromium and Firefox resolve ``*.localhost`` to loopback
@@ -75,9 +75,10 @@ def on_host(url: str, public_url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def is_hub_host(request_host: str, subdomain_host: str) -> bool:
-    """Whether a request's Host is the hub's own (not a workspace's subdomain). Without subdomains
-    every host is the hub's."""
+def is_workspace_host(request_host: str, subdomain_host: str) -> bool:
+    """Whether a request's Host is a workspace's (a subdomain of the hub's host). Any other name
+    (the hub's own, or its address as an operator or a health check uses it) is not."""
     if not subdomain_host:
-        return True
-    return request_host.lower() == urlsplit(subdomain_host).netloc.lower()
+        return False
+    hostname = urlsplit(f"//{request_host}").hostname or ""
+    return hostname.endswith("." + (urlsplit(subdomain_host).hostname or "").lower())

@@ -24,10 +24,18 @@ def show_config(tmp_path, **env):
 
 def test_aws_profile_names_each_missing_setting(tmp_path):
     r = show_config(tmp_path, KINETIC_PROFILE="aws")
+    assert r.returncode != 0 and "set the environment variable KINETIC_PUBLIC_HUB_URL" in r.stderr + r.stdout
+    r = show_config(tmp_path, KINETIC_PROFILE="aws", KINETIC_PUBLIC_HUB_URL="https://ws.example")
     assert (
         r.returncode != 0
         and "set the environment variable KINETIC_SSO_PUBLIC_KEY_FILE" in r.stderr + r.stdout
     )
+
+
+def test_a_public_hub_url_without_a_host_name_is_refused_in_words(tmp_path):
+    """Workspaces are served from subdomains of the hub's host name: an IP address cannot have any."""
+    r = show_config(tmp_path, KINETIC_PUBLIC_HUB_URL="http://127.0.0.1:8000")
+    assert r.returncode != 0 and "is an IP address" in r.stderr + r.stdout
 
 
 def test_unknown_profile_is_refused(tmp_path):

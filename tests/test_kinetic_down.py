@@ -4,7 +4,7 @@ import requests
 
 from kinetic_auth.standin.seed import ADA
 
-from .hub import running_hub
+from .hub import owner, running_hub
 from .support import free_port
 
 
@@ -25,5 +25,5 @@ def test_kinetic_down_is_explained_and_starts_nothing(tmp_path, standin):
         assert home.status_code == 200 and "Kinetic is not answering" in home.text
         r = s.get(f"{hub.url}/hub/analysis/102", allow_redirects=False)
         assert r.status_code == 502 and "could not check your access with Kinetic" in r.text
-        assert hub.servers(ADA) == {}
+        assert hub.servers(owner(102)) == {} and hub.servers(ADA) == {}
         assert not (tmp_path / "workspaces" / "102").exists()

@@ -65,7 +65,7 @@ def test_a_hub_restart_keeps_a_running_workspace(own_state, standin):
         pid_before = hub.servers(owner(102))["a-102"]["url"]
         hub.stop()
         hub.start()
-        servers = hub.servers(ADA)
+        servers = hub.servers(owner(102))
         assert servers.get("a-102", {}).get("ready"), servers
         assert servers["a-102"]["url"] == pid_before
         # the same browser session still reaches it through the new proxy

@@ -21,7 +21,7 @@ from .support import free_port
 def api_key(standin):
     s = requests.Session()
     standin.sign_in(s, ADA)
-    return s.get(f"{standin.url}/api/v1/researcher/analysis/101").json()["api_key"]
+    return s.get(f"{standin.browser_url}/api/v1/researcher/analysis/101").json()["api_key"]
 
 
 def make_home(tmp_path) -> Path:

@@ -26,8 +26,8 @@ def test_a_researcher_cannot_open_another_researchers_analysis(hub):
     r = kat.get(f"{hub.url}/hub/analysis/103", allow_redirects=False)
     assert r.status_code == 404
     assert "not one of its researchers" in r.text
-    assert hub.servers(KATHERINE) == {}
-    assert _homes(hub) == before and "103" not in before  # no storage made
+    assert hub.servers(KATHERINE) == {} and "a-103" not in hub.servers(owner(103))
+    assert _homes(hub) == before  # no storage made
     assert kat.get(f"{hub.url}/hub/analysis/103/progress").status_code == 404
 
 

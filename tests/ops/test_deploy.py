@@ -38,7 +38,7 @@ import requests
 
 from kinetic_auth.standin import seed
 
-from ..hub import INSTANCES, Hub, container_instance
+from ..hub import INSTANCES, Hub, container_instance, owner
 from ..support import ROOT, free_port, start_process, stop_process
 
 DEPLOY = ROOT / "deploy"
@@ -112,8 +112,44 @@ class Site:
         return value
 
 
+class BehindTLS(requests.cookies.RequestsCookieJar):
+    """The hub's public URL is https (Caddy in front), so its cookies are Secure; this test talks to
+    the proxy directly over http (Caddy is tried on its own below), as a browser behind TLS would."""
+
+    def set_cookie(self, cookie, *args, **kwargs):
+        cookie.secure = False
+        return super().set_cookie(cookie, *args, **kwargs)
+
+
+class AsCaddyForwards(requests.adapters.HTTPAdapter):
+    def __init__(self, tls_port: int, port: int):
+        super().__init__()
+        self.tls_port, self.port = tls_port, port
+
+    def send(self, request, *args, **kwargs):
+        if (
+            request.url.startswith("https://")
+            and f".localhost:{self.tls_port}/" in request.url
+            or (request.url.startswith(f"https://localhost:{self.tls_port}/"))
+        ):
+            request.url = "http://" + request.url[len("https://") :].replace(
+                f":{self.tls_port}/", f":{self.port}/", 1
+            )
+        return super().send(request, *args, **kwargs)
+
+
 class UnitHub(Hub):
     """tests.hub.Hub (REST API, sign-in, opening analyses), started from the unit's ExecStart."""
+
+    def browser_session(self, uuid: str) -> requests.Session:
+        s = requests.Session()
+        s.cookies = BehindTLS()
+        # the public https URLs (hub and workspaces) reach the proxy's http port, as Caddy forwards them
+        s.mount("https://", AsCaddyForwards(self.tls_port, self.port))
+        self.standin.sign_in(s, uuid)
+        r = s.get(f"{self.url}/hub/login", allow_redirects=False)
+        assert r.status_code == 302, (r.status_code, r.text[:500])
+        return s
 
     def __init__(self, site: Site, standin, postgres, unit_name: str = "kinetic-hub.service"):
         site.state.mkdir(parents=True, exist_ok=True)
@@ -152,7 +188,7 @@ class UnitHub(Hub):
         ), "the template's database URL must not carry a password"
         site_values = {
             "KINETIC_URL": standin.url,
-            "KINETIC_PUBLIC_URL": standin.url,
+            "KINETIC_PUBLIC_URL": standin.browser_url,
             # Caddy's site: localhost gets a certificate from Caddy's own CA (no ACME here)
             "KINETIC_DOMAIN": f"localhost:{self.tls_port}",
             "KINETIC_WORKSPACES_TLS": "internal",  # (a wildcard certificate from Caddy's own CA)
@@ -315,7 +351,7 @@ def deployed(tmp_path_factory, standin, postgres):
         seen["while_down"] = ada.get(page.url, timeout=10).status_code
         time.sleep(max(0.0, hub.restart_sec - (time.monotonic() - t0)))
         hub.start()
-        seen["after_kill_servers"] = hub.servers(seed.ADA)
+        seen["after_kill_servers"] = hub.servers(owner(101))
         seen["after_kill_page"] = ada.get(page.url, timeout=30)
         seen["after_kill_container"] = workspace_container(hub, 101)
         time.sleep(3)  # services a killed hub left behind would show themselves by now
@@ -327,7 +363,7 @@ def deployed(tmp_path_factory, standin, postgres):
         hub.sigterm()
         seen["upgrade_db"] = hub.run_unit("kinetic-hub-upgrade-db.service")
         hub.start()
-        seen["after_upgrade_servers"] = hub.servers(seed.ADA)
+        seen["after_upgrade_servers"] = hub.servers(owner(101))
         seen["after_upgrade_page"] = ada.get(page.url, timeout=30)
         seen["after_upgrade_container"] = workspace_container(hub, 101)
         seen["log"] = hub.log()

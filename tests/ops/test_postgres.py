@@ -34,7 +34,7 @@ def test_the_hub_runs_on_postgresql_and_a_restart_keeps_the_workspace(postgres, 
         url_before = hub.servers(owner(102))["a-102"]["url"]
         hub.stop()
         hub.start()
-        servers = hub.servers(ADA)
+        servers = hub.servers(owner(102))
         assert servers.get("a-102", {}).get("ready") and servers["a-102"]["url"] == url_before, servers
         again = ada.get(page.url)
         assert again.status_code == 200 and "RStudio" in again.text
