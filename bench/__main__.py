@@ -8,6 +8,9 @@ BENCHES = ["bench.workspace_start", "bench.open_many", "bench.enclave", "bench.i
 
 
 def main(argv):
+    from tests.support import resolve_local_names
+
+    resolve_local_names()  # workspaces are at analysis-<id>.localhost, as browsers resolve it
     runs = []  # (module name, its arguments)
     for arg in argv:
         if runs and not arg.isidentifier():

@@ -19,12 +19,13 @@ def test_the_hub_runs_on_postgresql_and_a_restart_keeps_the_workspace(postgres, 
 
         # the hub's records are in PostgreSQL (and no SQLite file was made beside them)
         assert not (tmp_path / "jupyterhub.sqlite").exists()
-        assert (ADA,) in postgres.query("hub_restart", "SELECT name FROM users")
+        names = {n for (n,) in postgres.query("hub_restart", "SELECT name FROM users")}
+        assert {ADA, owner(102)} <= names  # the researcher, and the analysis that owns the workspace
         [(saved,)] = postgres.query(
             "hub_restart",
             "SELECT s.state FROM spawners s JOIN users u "
             "ON s.user_id = u.id WHERE u.name = %s AND s.name = 'a-102'",
-            ADA,
+            owner(102),
         )
         state = json.loads(saved)  # JupyterHub keeps spawner state as JSON text
         assert state["backend"] == "container" and state["analysis_id"] == "102", state
