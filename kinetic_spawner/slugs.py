@@ -35,14 +35,18 @@ def server_name(analysis_id: str | int) -> str:
     return PREFIX + check_analysis_id(analysis_id)
 
 
-def analysis_id_from_server_name(name: str) -> str | None:
-    """The analysis a named server belongs to, or None for any other server name."""
-    if not name or not name.startswith(PREFIX):
+def _analysis_id_after(prefix: str, name: str) -> str | None:
+    if not name or not name.startswith(prefix):
         return None
     try:
-        return check_analysis_id(name[len(PREFIX) :])
+        return check_analysis_id(name[len(prefix) :])
     except BadAnalysisId:
         return None
+
+
+def analysis_id_from_server_name(name: str) -> str | None:
+    """The analysis a named server belongs to, or None for any other server name."""
+    return _analysis_id_after(PREFIX, name)
 
 
 def owner_name(analysis_id: str | int) -> str:
@@ -52,12 +56,7 @@ def owner_name(analysis_id: str | int) -> str:
 
 def analysis_id_from_owner(name: str) -> str | None:
     """The analysis whose workspaces hub user ``name`` owns, or None for a person."""
-    if not name or not name.startswith(OWNER_PREFIX):
-        return None
-    try:
-        return check_analysis_id(name[len(OWNER_PREFIX) :])
-    except BadAnalysisId:
-        return None
+    return _analysis_id_after(OWNER_PREFIX, name)
 
 
 def is_workspace_owner(name: str) -> bool:
