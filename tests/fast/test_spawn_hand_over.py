@@ -4,6 +4,7 @@ real Kinetic stand-in. The REST-API side (an operator's start refused) is in tes
 
 from __future__ import annotations
 
+import json
 import time
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ import requests
 from tornado import web
 
 from kinetic_auth.authenticator import KineticAuthenticator
-from kinetic_auth.standin.seed import ADA, KATHERINE
+from kinetic_auth.standin.seed import ADA, KATHERINE, default_seed
 
 from ..support import running_standin
 
@@ -64,3 +65,18 @@ async def test_only_an_analysis_workspace_handed_over_by_a_listed_researcher_sta
     await auth.pre_spawn_start(SimpleNamespace(name="analysis-101"), ready)
     assert str(ready.analysis["id"]) == "101" and ready.analysis["api_key"]
     assert (await refusal(auth, "analysis-101", spawner())).startswith("403")  # used up
+
+
+async def test_nobody_signs_in_under_a_workspace_owners_name(tmp_path):
+    """The hub user analysis-101 owns analysis 101's workspace: signing in as it would open it. A
+    Kinetic account named like one (Kinetic names people by uuid, so it never should) is refused."""
+    seed = default_seed()
+    seed["researchers"] = [*seed["researchers"], {**seed["researchers"][0], "uuid": "analysis-101"}]
+    (tmp_path / "seed.json").write_text(json.dumps(seed))
+    with running_standin(tmp_path, tmp_path / "seed.json") as kinetic:
+        auth = KineticAuthenticator(kinetic_url=kinetic.url, kinetic_timeout=5)  # asks Kinetic who
+        impostor = kinetic.sign_in(requests.Session(), "analysis-101")
+        assert impostor  # Kinetic signed them in …
+        assert await auth.authenticate(None, {"sso_cookie": impostor}) is None  # … the hub does not
+        ada = await auth.authenticate(None, {"sso_cookie": kinetic.sign_in(requests.Session(), ADA)})
+        assert ada["name"] == ADA  # (a control: the same path signs a person in)
